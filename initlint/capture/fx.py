@@ -1,0 +1,120 @@
+"""The first rung: ``torch.fx`` symbolic tracing with initlint's own tracer, then one shape propagation.
+
+The tracer keeps as leaves only the modules initlint has semantics for (Linear, Conv, norms, activations...)
+and opens every other module, ``torch.nn`` ones included, so that what is inside ``nn.MultiheadAttention`` or
+``nn.TransformerEncoderLayer`` is seen; when opening one fails on its control flow, the ladder moves on to
+``torch.export``. Each node remembers the user's line that created it, by a walk over Python frames.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+import torch.fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from ..inputs import ExampleInputs
+from ..ops import Capture, Location
+from ..sources import user_frame
+from .assemble import OPAQUE, Assembler, shape_and_dtype
+from .normalize import Call, Ref, display_target, function_name, is_known_leaf
+
+_LOC = "initlint_location"
+
+
+class Tracer(torch.fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return is_known_leaf(m)
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, *rest, **kw):
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, *rest, **kw)
+        if kind not in ("placeholder", "output"):
+            proxy.node.meta[_LOC] = user_frame(2)
+        return proxy
+
+
+def trace(model: nn.Module, inputs: ExampleInputs) -> tuple[torch.fx.GraphModule, list[Any]]:
+    """Trace ``model`` and return the graph module with the values of its placeholders."""
+    sig = inspect.signature(model.forward)
+    bound = sig.bind(*inputs.args, **inputs.kwargs)
+    concrete: dict[str, Any] = {}
+    for name, p in sig.parameters.items():
+        if name in bound.arguments:
+            continue
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        concrete[name] = p.default  # unsupplied arguments keep their defaults, not a proxy
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for n, p in sig.parameters.items() if n in bound.arguments):
+        raise TypeError("forward takes *args or **kwargs, which symbolic tracing cannot bind")
+    tracer = Tracer()
+    graph = tracer.trace(model, concrete_args=concrete or None)
+    gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+    values = [bound.arguments[n.target] for n in graph.nodes if n.op == "placeholder" and n.target in bound.arguments]
+    return gm, values
+
+
+def propagate_shapes(gm: torch.fx.GraphModule, values: list[Any]) -> None:
+    with torch.no_grad():
+        ShapeProp(gm).propagate(*values)
+
+
+def to_graph(gm: torch.fx.GraphModule, model: nn.Module, name: str, sites: dict[int, Location],
+             notes: tuple[str, ...] = ()):
+    asm = Assembler(model, sites)
+    env: dict[str, Any] = {}
+
+    def resolve(a):
+        return torch.fx.node.map_arg(a, lambda n: env.get(n.name, OPAQUE))
+
+    outputs: list[Ref] = []
+    for node in gm.graph.nodes:
+        meta = node.meta.get("tensor_meta")
+        shape, dtype = shape_and_dtype(meta)
+        loc = node.meta.get(_LOC)
+        stack = node.meta.get("nn_module_stack") or {}
+        owner = next(reversed(stack.values()))[0] if stack else ""
+        if node.op == "placeholder":
+            if shape is None:
+                env[node.name] = OPAQUE
+                continue
+            from ..ops import Op, OpKind
+
+            env[node.name] = asm.add(Op(node.name, OpKind.INPUT, "input", shape=shape, dtype=dtype))
+        elif node.op == "get_attr":
+            value = _fetch(gm, node.target)
+            if isinstance(value, torch.Tensor):
+                qual = asm.qualname_of(value) or node.target
+                env[node.name] = asm.param(qual, value, node.name)
+            else:
+                env[node.name] = value
+        elif node.op == "call_module":
+            leaf = gm.get_submodule(node.target)
+            call = Call(type(leaf).__name__, list(resolve(node.args)), dict(resolve(node.kwargs)))
+            env[node.name] = asm.call(node.name, call, f"nn.{type(leaf).__name__}", node.target, loc, shape, dtype,
+                                      leaf=leaf)
+        elif node.op in ("call_function", "call_method"):
+            fname = function_name(node.target) if node.op == "call_function" else _method_name(node.target)
+            call = Call(fname, list(resolve(node.args)), dict(resolve(node.kwargs)), out_shape=shape)
+            target = display_target(node.target) if node.op == "call_function" else f"Tensor.{node.target}"
+            env[node.name] = asm.call(node.name, call, target, owner, loc, shape, dtype)
+        elif node.op == "output":
+            from .normalize import flatten_refs
+
+            outputs = flatten_refs(resolve(node.args[0]))
+    return asm.finish(name, Capture.FX, outputs, notes)
+
+
+def _method_name(target: str) -> str:
+    from .normalize import canonical
+
+    return canonical(target)
+
+
+def _fetch(gm: torch.fx.GraphModule, target: str):
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj

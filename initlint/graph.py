@@ -1,0 +1,111 @@
+"""The typed graph rules run on: frozen :class:`~initlint.ops.Op` records plus a read-only networkx DiGraph.
+
+>>> from initlint.ops import Op, OpKind
+>>> g = ModelGraph.build("m", Capture.FX, [
+...     Op("x", OpKind.INPUT, "input"),
+...     Op("relu", OpKind.ACTIVATION, "relu", inputs=("x",)),
+...     Op("out", OpKind.OUTPUT, "output", inputs=("relu",)),
+... ])
+>>> [op.name for op in g.consumers(g.op("x"))]
+['relu']
+>>> g.dag.has_edge("x", "relu")
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import networkx as nx
+
+from .ops import Capture, Op, OpKind
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Elementwise statistics of a tensor: mean and second moment ``E[x^2]`` (variance = second - mean^2)."""
+
+    second: float
+    mean: float = 0.0
+
+    @property
+    def variance(self) -> float:
+        return max(self.second - self.mean**2, 0.0)
+
+
+@dataclass(frozen=True)
+class Signal:
+    """What the variance engine predicts (or measures) at one op's output.
+
+    ``forward`` describes the activations; ``backward`` the gradient of the loss with respect to them
+    (``None`` where no gradient flows, e.g. integer ids). ``max_abs`` is filled by measurements.
+    """
+
+    forward: Moments
+    backward: Moments | None = None
+    max_abs: float | None = None
+
+
+@dataclass(frozen=True)
+class ModelGraph:
+    model_name: str
+    capture: Capture
+    ops: Mapping[str, Op]  # in topological order
+    dag: nx.DiGraph = field(repr=False)  # frozen; node = op name, edge = producer -> consumer
+    notes: tuple[str, ...] = ()  # how the capture went: fallbacks and why
+    signals: Mapping[str, Signal] = field(default_factory=lambda: MappingProxyType({}))
+
+    @classmethod
+    def build(
+        cls, model_name: str, capture: Capture, ops: Iterable[Op], notes: tuple[str, ...] = ()
+    ) -> "ModelGraph":
+        table = {op.name: op for op in ops}
+        dag = nx.DiGraph()
+        dag.add_nodes_from(table)
+        for op in table.values():
+            for src in op.inputs:
+                if src not in table:
+                    raise ValueError(f"op `{op.name}` reads `{src}`, which is not in the graph")
+                dag.add_edge(src, op.name)
+        return cls(model_name, capture, MappingProxyType(table), nx.freeze(dag), notes)
+
+    def with_signals(self, signals: Mapping[str, Signal]) -> "ModelGraph":
+        return dataclasses.replace(self, signals=MappingProxyType(dict(signals)))
+
+    # -- navigation ----------------------------------------------------------------------------------------
+
+    def op(self, name: str) -> Op:
+        return self.ops[name]
+
+    def __iter__(self) -> Iterator[Op]:
+        return iter(self.ops.values())
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def producers(self, op: Op) -> tuple[Op, ...]:
+        """The ops feeding ``op``, in argument order (repeated when an operand is used twice)."""
+        return tuple(self.ops[n] for n in op.inputs)
+
+    def consumers(self, op: Op) -> tuple[Op, ...]:
+        return tuple(self.ops[n] for n in self.dag.successors(op.name))
+
+    def of_kind(self, *kinds: OpKind) -> tuple[Op, ...]:
+        return tuple(op for op in self.ops.values() if op.kind in kinds)
+
+    def ancestors(self, op: Op) -> set[str]:
+        return nx.ancestors(self.dag, op.name)
+
+    def descendants(self, op: Op) -> set[str]:
+        return nx.descendants(self.dag, op.name)
+
+    @property
+    def unknown(self) -> tuple[str, ...]:
+        """Targets of the ops with no known semantics, each once, in order of appearance."""
+        return tuple(dict.fromkeys(op.target for op in self.ops.values() if op.kind is OpKind.UNKNOWN))
+
+    def signal(self, op: Op | str) -> Signal | None:
+        return self.signals.get(op if isinstance(op, str) else op.name)

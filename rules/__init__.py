@@ -1,0 +1,7 @@
+"""The built-in rules, one module each, listed in code order.
+
+This tuple is what the ``builtin`` entry point of the ``initlint.rules`` group names: built-in rules are
+registered exactly as third-party ones are.
+"""
+
+BUILTIN_RULES: tuple = ()
