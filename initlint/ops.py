@@ -373,6 +373,7 @@ class WeightStats:
     torch_fan_in: int | None = None
     torch_fan_out: int | None = None
     constant: bool = False  # every element equal (zero included)
+    trainable: bool = False  # a parameter that requires grad (not a buffer or constant)
     tensor: torch.Tensor | None = field(default=None, repr=False, compare=False)  # read-only view; None on meta
 
     @property
@@ -409,7 +410,9 @@ class WeightStats:
             constant = bool(f.numel() > 0 and (f.reshape(-1) == f.reshape(-1)[0]).all().item())
             ref = t
         tf_in, tf_out = torch_fans if torch_fans is not None else (None, None)
-        return cls(name, tuple(t.shape), mean, std, rms, float(fan_in), float(fan_out), tf_in, tf_out, constant, ref)
+        trainable = isinstance(tensor, torch.nn.Parameter) and tensor.requires_grad
+        return cls(name, tuple(t.shape), mean, std, rms, float(fan_in), float(fan_out), tf_in, tf_out, constant,
+                   trainable, ref)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,11 @@ def capture(target: Target, force: str | None = None) -> ModelGraph:
     from . import fx as fx_mod
     from . import hooks as hooks_mod
 
+    from .normalize import is_known_leaf
+
     model, inputs, notes = target.model, target.inputs, []
+    if force is None and is_known_leaf(model):
+        force = "hooks"  # a single layer: one op, nothing to trace
     with preserved(model):
         if force in (None, "fx"):
             try:

@@ -399,7 +399,7 @@ def _binary(c: Call, kind: OpKind) -> OpSpec | None:
             w = p.op.weight
             rms = w.rms if w is not None else 1.0
             factor = rms if kind is OpKind.MUL else (1.0 / rms if rms else math.inf)
-            learned = bool(w is not None and w.tensor is not None and getattr(w.tensor, "requires_grad", False))
+            learned = bool(w is not None and w.trainable)
             return OpSpec(OpKind.SCALE, (x,), ScaleParams(factor=factor, param=w.name if w else None,
                                                            learned=learned))
         return OpSpec(kind, (a, b))
