@@ -11,6 +11,7 @@ errors (and internal errors, which say they are bugs).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -50,8 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore", action="append", metavar="CODES", help="skip these rules")
     p.add_argument("--format", default="text", choices=sorted(FORMATS), help="output format (default: text)")
     p.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE instead of stdout")
-    p.add_argument("--fail-level", default="warning", choices=["info", "warning", "error"],
-                   help="lowest severity that makes the exit code 1 (default: warning)")
+    p.add_argument("--fail-level", choices=["info", "warning", "error"],
+                   help="lowest severity that makes the exit code 1 (default: warning, or fail-level in config)")
+    p.add_argument("--statistics", action="store_true", help="count findings per rule instead of listing them")
+    p.add_argument("--config", metavar="FILE",
+                   help="read settings from FILE instead of the nearest pyproject.toml with [tool.initlint]")
+    p.add_argument("--isolated", action="store_true", help="ignore every configuration file")
+    p.add_argument("--baseline", metavar="FILE",
+                   help="report only findings not recorded in FILE (a JSON baseline)")
+    p.add_argument("--update-baseline", action="store_true",
+                   help="record the current findings in the baseline file and exit 0")
     p.add_argument("--exit-zero", action="store_true", help="exit 0 even when there are findings")
     p.add_argument("--input-shape", action="append", type=_shape, metavar="SHAPE",
                    help="shape of one example input, e.g. 2,3,32,32; repeat for several inputs")
@@ -80,7 +89,8 @@ def _split(values: Sequence[str] | None) -> list[str] | None:
 def _use_color(choice: str, stream) -> bool:
     if choice != "auto":
         return choice == "always"
-    return "NO_COLOR" not in os.environ and hasattr(stream, "isatty") and stream.isatty()
+    # https://no-color.org: a NO_COLOR that is present and not empty turns color off
+    return not os.environ.get("NO_COLOR") and hasattr(stream, "isatty") and stream.isatty()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,11 +110,6 @@ def _lint_command(argv: list[str]) -> int:
     from .errors import InitlintError
 
     args = build_parser().parse_args(argv)
-    if not args.targets:
-        print("error: no target given: what model should initlint lint?\n"
-              "  help: run `initlint pkg.module:Model`, or `initlint initlint.examples:ResidualMLP` to try it",
-              file=sys.stderr)
-        return EXIT_ERROR
     try:
         return _lint(args)
     except InitlintError as exc:
@@ -122,32 +127,93 @@ def _lint_command(argv: list[str]) -> int:
         return EXIT_ERROR
 
 
-def _lint(args) -> int:
-    from .api import lint
+def _config(args):
+    """The project's configuration with this command line's options over it."""
+    from pathlib import Path
+
+    from . import config as config_mod
     from .findings import Severity
+
+    cfg = config_mod.load(Path(args.config) if args.config else None, isolated=args.isolated)
+    cfg = cfg.override(select=tuple(_split(args.select)) if args.select is not None else None,
+                       ignore=tuple(_split(args.ignore)) if args.ignore is not None else None,
+                       fail_level=Severity.parse(args.fail_level) if args.fail_level else None,
+                       capture=args.capture, baseline=Path(args.baseline).resolve() if args.baseline else None)
+    if args.input_shape or args.input_dtype:  # the command line's example inputs, for every target it names
+        shapes = tuple(tuple(s) for s in args.input_shape) if args.input_shape else None
+        targets = [cfg.target(t) for t in args.targets] or list(cfg.targets)
+        cfg = cfg.override(targets=tuple(
+            dataclasses.replace(t, input_shapes=shapes or t.input_shapes,
+                                input_dtypes=tuple(args.input_dtype or t.input_dtypes)) for t in targets))
+    return cfg
+
+
+def _lint(args) -> int:
+    from .project import lint_project
     from .render import RenderOptions, render
 
-    report = lint(
-        args.targets,
-        select=_split(args.select),
-        ignore=_split(args.ignore) or (),
-        input_shapes=args.input_shape,
-        input_dtypes=args.input_dtype or (),
-        capture=args.capture,
-    )
-    fail_level = Severity.parse(args.fail_level)
+    cfg = _config(args)
+    if not args.targets and not cfg.targets:
+        print("error: no target given: what model should initlint lint?\n"
+              "  help: run `initlint pkg.module:Model`, list targets in [tool.initlint] of pyproject.toml, "
+              "or run `initlint initlint.examples:ResidualMLP` to try it", file=sys.stderr)
+        return EXIT_ERROR
+    if args.update_baseline and cfg.baseline is None:
+        print("error: --update-baseline needs a baseline file\n"
+              "  help: pass --baseline FILE, or set baseline = \"FILE\" in [tool.initlint]", file=sys.stderr)
+        return EXIT_ERROR
+    report = lint_project(cfg, args.targets, use_baseline=not args.update_baseline).report
+    if args.update_baseline:
+        return _update_baseline(cfg, report)
+    fail_level = cfg.fail_level
     stream = sys.stdout
     options = RenderOptions(color=_use_color(args.color, stream) and not args.output, verbose=args.verbose,
-                            fail_level=fail_level, show_fixes=not args.no_fix)
-    text = render(report, args.format, options)
+                            fail_level=fail_level, show_fixes=not args.no_fix,
+                            width=_width(stream) if not args.output else None)
+    if args.statistics:
+        from .render.statistics import render as statistics
+
+        text = statistics(report, args.format, options)
+    else:
+        text = render(report, args.format, options)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as fh:
             fh.write(text)
     else:
         stream.write(text)
     if report.errors:
+        from .render.text import errors
+
+        sys.stderr.write(errors(report, RenderOptions(color=_use_color(args.color, sys.stderr),
+                                                      verbose=args.verbose)))
+    if report.errors:
         return EXIT_ERROR
     return EXIT_OK if args.exit_zero else report.exit_code(fail_level)
+
+
+def _width(stream) -> int | None:
+    """The terminal's width when writing to one, for formats that wrap."""
+    if not (hasattr(stream, "isatty") and stream.isatty()):
+        return None
+    import shutil
+
+    return shutil.get_terminal_size().columns
+
+
+def _update_baseline(cfg, report) -> int:
+    from .suppress import write_baseline
+
+    if report.errors:
+        from .render import RenderOptions
+        from .render.text import errors
+
+        sys.stderr.write(errors(report, RenderOptions()))
+        print("error: baseline not written: some targets could not be linted\n"
+              "  help: fix the errors above, then run --update-baseline again", file=sys.stderr)
+        return EXIT_ERROR
+    n = write_baseline(cfg.baseline, report, cfg.root)
+    print(f"Recorded {n} finding{'s' if n != 1 else ''} in {os.path.relpath(cfg.baseline)}.", file=sys.stderr)
+    return EXIT_OK
 
 
 def _rules_command(argv: list[str]) -> int:

@@ -14,7 +14,6 @@ from typing import Any
 import torch
 import torch.fx
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from ..inputs import ExampleInputs
 from ..ops import Capture, Location
@@ -23,6 +22,7 @@ from .assemble import OPAQUE, Assembler, shape_and_dtype
 from .normalize import Call, Ref, display_target, function_name, is_known_leaf
 
 _LOC = "initlint_location"
+_SHAPE = "initlint_shape"
 
 
 class Tracer(torch.fx.Tracer):
@@ -56,9 +56,28 @@ def trace(model: nn.Module, inputs: ExampleInputs) -> tuple[torch.fx.GraphModule
     return gm, values
 
 
+class _Shapes(torch.fx.Interpreter):
+    """ShapeProp's job, minus its printing of tracebacks: record each node's output shape and dtype."""
+
+    extra_traceback = False
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        result = super().run_node(n)
+        n.meta[_SHAPE] = shape_and_dtype(result) if _has_tensor(result) else (None, None)
+        return result
+
+
+def _has_tensor(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_has_tensor(v) for v in value)
+    return False
+
+
 def propagate_shapes(gm: torch.fx.GraphModule, values: list[Any]) -> None:
     with torch.no_grad():
-        ShapeProp(gm).propagate(*values)
+        _Shapes(gm).run(*values)
 
 
 def to_graph(gm: torch.fx.GraphModule, model: nn.Module, name: str, sites: dict[int, Location],
@@ -71,8 +90,7 @@ def to_graph(gm: torch.fx.GraphModule, model: nn.Module, name: str, sites: dict[
 
     outputs: list[Ref] = []
     for node in gm.graph.nodes:
-        meta = node.meta.get("tensor_meta")
-        shape, dtype = shape_and_dtype(meta)
+        shape, dtype = node.meta.get(_SHAPE, (None, None))
         loc = node.meta.get(_LOC)
         stack = node.meta.get("nn_module_stack") or {}
         owner = next(reversed(stack.values()))[0] if stack else ""

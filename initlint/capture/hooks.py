@@ -58,7 +58,15 @@ def capture(model: nn.Module, inputs: ExampleInputs, name: str, sites: dict[int,
     finally:
         for h in handles:
             h.remove()
-    outputs = [producer[id(t)] for t in _flat(out) if id(t) in producer]
+    outputs = []
+    for t in _flat(out):
+        ref = producer.get(id(t))
+        if ref is None:  # computed after the last module by code we did not see
+            shape, dtype = shape_and_dtype(t)
+            count[0] += 1
+            ref = asm.add(Op(f"functional_{count[0]}", OpKind.UNKNOWN, "<functional code>",
+                             inputs=tuple(r.name for r in last[-1:]), shape=shape, dtype=dtype))
+        outputs.append(ref)
     return asm.finish(name, Capture.HOOKS, outputs, notes)
 
 

@@ -51,13 +51,10 @@ def error_lines(t: TargetReport, style: _Style) -> list[str]:
     return lines
 
 
-def render(report: Report, options) -> str:
+def errors(report: Report, options) -> str:
+    """The targets that could not be linted, for stderr; with tracebacks when verbose."""
     style = _Style(options.color)
     out: list[str] = []
-    for t in report.targets:
-        for f in t.findings:
-            out.extend(finding_lines(f, t, style, options.show_fixes))
-            out.append("")
     for t in report.targets:
         if t.error is not None:
             out.extend(error_lines(t, style))
@@ -65,6 +62,17 @@ def render(report: Report, options) -> str:
                 import traceback
 
                 out.extend("".join(traceback.format_exception(t.exception)).rstrip().splitlines())
+    return "\n".join(out) + "\n" if out else ""
+
+
+def render(report: Report, options) -> str:
+    """Findings and the summary; errors go to stderr (:func:`errors`)."""
+    style = _Style(options.color)
+    out: list[str] = []
+    for t in report.targets:
+        for f in t.findings:
+            out.extend(finding_lines(f, t, style, options.show_fixes))
+            out.append("")
     if options.verbose:
         for t in report.targets:
             if t.capture:
