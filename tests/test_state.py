@@ -1,0 +1,87 @@
+"""A lint leaves the model exactly as it was: parameters, buffers, .grad, requires_grad, modes, RNG."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from initlint import lint
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.drop = nn.Dropout(0.3)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.drop(torch.relu(self.bn(self.conv(x))))
+        return self.head(x.mean((2, 3)))
+
+
+def snapshot(model: nn.Module) -> dict:
+    return {
+        "state": {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
+        "grads": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
+        "grad_ids": {n: id(p.grad) for n, p in model.named_parameters()},
+        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
+        "modes": {n: m.training for n, m in model.named_modules()},
+        "rng": torch.get_rng_state().clone(),
+        "py_rng": random.getstate(),
+    }
+
+
+def assert_same(before: dict, after: dict) -> None:
+    assert before["state"].keys() == after["state"].keys()
+    for k in before["state"]:
+        assert torch.equal(before["state"][k], after["state"][k]), f"{k} changed"
+    for n, g in before["grads"].items():
+        assert (g is None) == (after["grads"][n] is None) and (g is None or torch.equal(g, after["grads"][n])), n
+    assert before["grad_ids"] == after["grad_ids"]
+    assert before["requires_grad"] == after["requires_grad"]
+    assert before["modes"] == after["modes"]
+    assert torch.equal(before["rng"], after["rng"])
+    assert before["py_rng"] == after["py_rng"]
+
+
+def prepared() -> Net:
+    torch.manual_seed(1)
+    model = Net()
+    model(torch.randn(4, 3, 8, 8)).sum().backward()  # a real .grad on every parameter
+    model.head.bias.requires_grad_(False)
+    model.drop.eval()  # mixed modes
+    return model
+
+
+@pytest.mark.parametrize("rung", [None, "fx", "export", "hooks"])
+def test_lint_leaves_model_untouched(rung):
+    model = prepared()
+    x = torch.randn(2, 3, 8, 8)
+    before = snapshot(model)
+    report = lint(model, x, capture=rung, select=None)
+    assert report.targets[0].error is None
+    assert_same(before, snapshot(model))
+
+
+def test_snapshot_detects_a_change():
+    """The check above can fail: a forward in training mode moves BatchNorm's running statistics."""
+    model = prepared()
+    before = snapshot(model)
+    model(torch.randn(2, 3, 8, 8))
+    with pytest.raises(AssertionError, match="running_mean changed"):
+        assert_same(before, snapshot(model))
+
+
+def test_transformers_model_untouched():
+    from . import real_models as R
+
+    model, inputs = R.gpt2()
+    before = snapshot(model)
+    report = lint(model, inputs)
+    assert report.targets[0].capture == "export"
+    assert_same(before, snapshot(model))
