@@ -204,10 +204,8 @@ def _update_baseline(cfg, report) -> int:
     from .suppress import write_baseline
 
     if report.errors:
-        from .render import RenderOptions
-        from .render.text import errors
-
-        sys.stderr.write(errors(report, RenderOptions()))
+        for t in report.errors:
+            print(f"error: {t.target}: {t.error.message}", file=sys.stderr)
         print("error: baseline not written: some targets could not be linted\n"
               "  help: fix the errors above, then run --update-baseline again", file=sys.stderr)
         return EXIT_ERROR

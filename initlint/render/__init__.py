@@ -15,6 +15,7 @@ class RenderOptions:
     verbose: bool = False
     fail_level: Severity = Severity.WARNING
     show_fixes: bool = True
+    width: int | None = None  # the terminal's columns when writing to one; formats that wrap use it
 
 
 def _text(report: Report, options: RenderOptions) -> str:
@@ -29,7 +30,21 @@ def _json(report: Report, options: RenderOptions) -> str:
     return render(report, options)
 
 
-FORMATS: dict[str, Callable[[Report, RenderOptions], str]] = {"text": _text, "json": _json}
+def _lazy(module: str) -> Callable[[Report, RenderOptions], str]:
+    """A format whose module is imported when it is used."""
+
+    def run(report: Report, options: RenderOptions) -> str:
+        from importlib import import_module
+
+        return import_module(f"{__name__}.{module}").render(report, options)
+
+    return run
+
+
+FORMATS: dict[str, Callable[[Report, RenderOptions], str]] = {
+    "text": _text, "json": _json, "concise": _lazy("concise"), "sarif": _lazy("sarif"),
+    "github": _lazy("github"), "junit": _lazy("junit"),
+}
 
 
 def render(report: Report, fmt: str, options: RenderOptions) -> str:
