@@ -404,10 +404,11 @@ class WeightStats:
             ref = None
         else:
             f = t.float()
-            mean = f.mean().item()
-            rms = f.square().mean().sqrt().item()
-            std = f.std(unbiased=False).item() if f.numel() > 1 else 0.0
-            constant = bool(f.numel() > 0 and (f.reshape(-1) == f.reshape(-1)[0]).all().item())
+            var_t, mean_t = torch.var_mean(f, correction=0)
+            lo, hi = torch.aminmax(f)
+            mean, var = mean_t.item(), max(var_t.item(), 0.0)
+            std, rms = math.sqrt(var), math.sqrt(var + mean * mean)
+            constant = bool(lo.item() == hi.item())
             ref = t
         tf_in, tf_out = torch_fans if torch_fans is not None else (None, None)
         trainable = isinstance(tensor, torch.nn.Parameter) and tensor.requires_grad
