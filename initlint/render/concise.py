@@ -1,6 +1,6 @@
 """``--format concise``: one line per finding, ``path:line: CODE message``, then the summary.
 
-Made for narrow terminals and editors' quickfix lists: no fixes, no probe details. When the terminal's width
+Targets that could not be linted go to stderr, as with ``text``. Made for narrow terminals and editors' quickfix lists: no fixes, no probe details. When the terminal's width
 is known, a long message wraps under itself with a four-space indent, so every finding starts at column 0.
 """
 
@@ -21,9 +21,6 @@ def render(report: Report, options) -> str:
         for f in t.findings:
             where = str(f.location) if f.location else t.target
             out.extend(_line(where, f.code, f.message, options.width, style, f.severity.value))
-    for t in report.targets:
-        if t.error is not None:
-            out.extend(_line(t.target, "error", t.error.message, options.width, style, "error"))
     out.append(summary(report))
     return "\n".join(out) + "\n"
 

@@ -26,6 +26,5 @@ def render(report: Report, fmt: str, options) -> str:
         return json.dumps(table, indent=2) + "\n"
     width = max((len(str(r["count"])) for r in table), default=1)
     lines = [f"{r['count']:>{width}}  {r['code']}  {r['name']:<32} {r['severity']}".rstrip() for r in table]
-    lines += [f"error: {t.target}: {t.error.message}" for t in report.errors]
     lines.append(summary(report))
     return "\n".join(lines) + "\n"
