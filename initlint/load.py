@@ -72,7 +72,10 @@ def parse_target(text: str) -> TargetSpec:
             for kw in expr.keywords:
                 if kw.arg is None:
                     raise ValueError("`**` is not allowed")
-                kwargs[kw.arg] = ast.literal_eval(kw.value)
+                try:
+                    kwargs[kw.arg] = ast.literal_eval(kw.value)
+                except ValueError:
+                    raise ValueError(f"the value of `{kw.arg}` is not a literal") from None
         except (SyntaxError, ValueError) as exc:
             raise TargetError(
                 f"cannot parse the arguments of target `{text}`",
@@ -167,7 +170,8 @@ def load(text: str, input_shapes=None, input_dtype=None) -> Target:
     spec = parse_target(text)
     label = f"`{spec.text}`"
     factory_inputs = None
-    with construction_sites() as sites:
+    with construction_sites() as sites, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # a model built by initlint is the same on every run; the caller's RNG is untouched
         obj = _resolve(_import(spec), spec)
         if isinstance(obj, nn.Module):
             if spec.kwargs:
@@ -210,9 +214,7 @@ def _call(obj, spec: TargetSpec, label: str):
     except ValueError:  # builtins without a signature
         pass
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # a model built by initlint is the same on every run
-            return obj(**spec.kwargs)
+        return obj(**spec.kwargs)
     except Exception as exc:
         raise TargetError(
             f"building {label} raised an exception",
