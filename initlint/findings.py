@@ -6,9 +6,10 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .ops import Location
+if TYPE_CHECKING:  # keeps `initlint --help` and `initlint rules` free of torch
+    from .ops import Location
 
 
 class Severity(enum.Enum):

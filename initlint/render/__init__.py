@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..findings import Severity
-from ..report import Report
+
+if TYPE_CHECKING:  # the CLI builds its parser from FORMATS before torch is imported
+    from ..report import Report
 
 
 @dataclass(frozen=True)
