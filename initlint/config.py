@@ -213,7 +213,8 @@ def _severity(ctx: _Ctx, key: str, value: Any) -> Severity:
 
 def _bool(ctx: _Ctx, key: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ctx.error(key, f"`{key}` must be true or false", why=f"got {value!r}")
+        raise ctx.error(key, f"`{key}` must be true or false", why=f"got {value!r}",
+                        help=f"for example: {key} = true (no quotes)")
     return value
 
 
@@ -275,7 +276,7 @@ def _targets(ctx: _Ctx, key: str, value: Any) -> tuple[TargetConfig, ...]:
     out: list[TargetConfig] = []
     for i, item in enumerate(value):
         here = f"{key}[{i}]"
-        if isinstance(item, str):
+        if not isinstance(item, dict):
             text = _target_string(ctx, key, item)
             out.append(TargetConfig(text, text))
             continue

@@ -1,0 +1,68 @@
+"""Small user projects on disk for the integration tests (config, suppressions, formats, pytest, pre-commit).
+
+The findings come from ``tests/data/fake_rules``, a rule plugin installed the way third-party plugins are (a
+``dist-info`` with an ``initlint.rules`` entry point): put the folder on ``sys.path`` (:func:`use_fake_rules`)
+or ``PYTHONPATH`` (subprocesses). IL901 flags each ``nn.Linear`` initialized with std 1 (a warning, at the
+line of the forward call); IL902 notes a model without normalization (info, no source line).
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+FAKE_RULES = Path(__file__).resolve().parent / "data" / "fake_rules"
+
+MODELS = textwrap.dedent('''\
+    import torch
+    from torch import nn
+
+
+    class Bad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(32, 32)
+            self.fc2 = nn.Linear(32, 32)
+            nn.init.normal_(self.fc1.weight)
+            nn.init.normal_(self.fc2.weight)
+
+        def forward(self, x):
+            x = torch.relu(self.fc1(x))
+            return self.fc2(x)
+
+
+    class Good(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(32, 32)
+            self.norm = nn.LayerNorm(32)
+
+        def forward(self, x):
+            return self.norm(self.fc(x))
+''')
+FC1_LINE = 14  # `x = torch.relu(self.fc1(x))`
+FC2_LINE = 15  # `return self.fc2(x)`
+
+PYPROJECT = textwrap.dedent('''\
+    [tool.initlint]
+    targets = ["models.py:Bad", "models.py:Good"]
+''')
+
+
+def use_fake_rules(monkeypatch) -> None:
+    """Install the fake rule plugin for this test (entry points are read from sys.path at each discovery)."""
+    monkeypatch.syspath_prepend(str(FAKE_RULES))
+
+
+def write_project(root: Path, pyproject: str = PYPROJECT, models: str = MODELS) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "models.py").write_text(models)
+    (root / "pyproject.toml").write_text(pyproject)
+    return root
+
+
+def edit_line(path: Path, number: int, suffix: str) -> None:
+    """Append ``suffix`` (a comment) to line ``number`` of ``path``."""
+    lines = path.read_text().splitlines()
+    lines[number - 1] += suffix
+    path.write_text("\n".join(lines) + "\n")
