@@ -82,7 +82,20 @@ def from_shapes(model: nn.Module, shapes: Sequence[Sequence[int]], dtypes: Seque
 
 
 def choose(model: nn.Module, given=None, shapes=None, dtypes=None, where: str = "the model") -> ExampleInputs:
-    """In order: ``given`` (the factory's or the caller's), shapes, the model's own, transformers, inferred."""
+    """In order: ``given`` (the factory's or the caller's), shapes, the model's own, transformers, inferred.
+
+    Inputs initlint makes are put on the model's device (``meta`` included: a model too large to materialize is
+    linted structurally).
+    """
+    made = _choose(model, given, shapes, dtypes, where)
+    device = next((p.device for p in model.parameters()), None)
+    if device is None or device.type == "cpu" or made.source in ("given", "model"):
+        return made
+    move = lambda v: v.to(device) if isinstance(v, torch.Tensor) else v  # noqa: E731
+    return ExampleInputs(tuple(move(a) for a in made.args), {k: move(v) for k, v in made.kwargs.items()}, made.source)
+
+
+def _choose(model: nn.Module, given, shapes, dtypes, where: str) -> ExampleInputs:
     if given is not None:
         return coerce(given)
     if shapes:

@@ -155,3 +155,17 @@ def test_lint_a_transformers_model_with_no_inputs_given():
 def test_example_inputs_describe():
     ex = ExampleInputs((torch.zeros(2, 3),), {"mask": torch.ones(2, dtype=torch.bool)})
     assert ex.describe() == "(2, 3) float32, mask=(2,) bool"
+
+
+def test_a_model_on_the_meta_device_is_linted_structurally():
+    """Billions of parameters cost nothing on `meta`: inputs follow the model there, stats are unknown (NaN)."""
+    from initlint import lint
+    from initlint.ops import OpKind
+
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Embedding(32000, 4096), nn.Linear(4096, 16384), nn.GELU(), nn.Linear(16384, 4096))
+    t = lint(model, select=[]).targets[0]
+    assert t.error is None and t.capture == "fx"
+    linear = t.graph.of_kind(OpKind.LINEAR)[0]
+    assert linear.shape == (2, 16, 16384) and linear.weight.fan_in == 4096
+    assert linear.weight.std != linear.weight.std  # NaN: no values on meta
