@@ -4,4 +4,10 @@ This tuple is what the ``builtin`` entry point of the ``initlint.rules`` group n
 registered exactly as third-party ones are.
 """
 
-BUILTIN_RULES: tuple = ()
+from .depthwise_fan import depthwise_fan
+from .post_ln import post_ln
+
+BUILTIN_RULES: tuple = (
+    depthwise_fan,
+    post_ln,
+)

@@ -1,0 +1,311 @@
+"""Graph patterns more than one rule asks about: normalization, residual adds, repeated blocks, weight families.
+
+Small pure functions of a :class:`~initlint.graph.ModelGraph` and an op, in the manner of networkx's
+algorithms. They read only the typed records and the frozen ``dag``.
+
+>>> from initlint.ops import Op, OpKind, NormKind, NormParams
+>>> from initlint.graph import ModelGraph, Capture
+>>> g = ModelGraph.build("m", Capture.FX, [
+...     Op("x", OpKind.INPUT, "input"),
+...     Op("f", OpKind.ACTIVATION, "relu", inputs=("x",)),
+...     Op("add", OpKind.ADD, "add", inputs=("x", "f")),
+...     Op("ln", OpKind.NORM, "layer_norm", inputs=("add",), params=NormParams(NormKind.LAYER)),
+...     Op("out", OpKind.OUTPUT, "output", inputs=("ln",)),
+... ])
+>>> r = residual(g, g.op("add"))
+>>> r.skip.name, r.branch.name
+('x', 'f')
+>>> [n.name for n in normalized_after(g, g.op("add"))]
+['ln']
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import networkx as nx
+
+from .graph import ModelGraph
+from .ops import NormKind, Op, OpKind, Reduction
+
+# Ops that carry a tensor's scale forward without mixing in another signal or a learned layer: what lies
+# between a layer and "the next thing that matters" (a norm, a weight layer, a merge).
+CARRIERS = frozenset({
+    OpKind.PASSTHROUGH, OpKind.DROPOUT, OpKind.ACTIVATION, OpKind.POOL, OpKind.SCALE, OpKind.MATH, OpKind.REDUCE,
+})
+WEIGHT_LAYERS = frozenset({OpKind.LINEAR, OpKind.CONV, OpKind.RECURRENT, OpKind.EMBEDDING})
+# Norms that normalize each sample on its own: they remove a scale in training and in eval alike.
+PER_SAMPLE_NORMS = frozenset({NormKind.LAYER, NormKind.RMS, NormKind.GROUP, NormKind.INSTANCE})
+# Every norm that removes a scale (local response normalization only divides by a local energy).
+SCALE_NORMS = PER_SAMPLE_NORMS | {NormKind.BATCH}
+
+_STATISTICS = frozenset({Reduction.MEAN, Reduction.VAR, Reduction.STD, Reduction.NORM})
+
+
+# -- normalization -----------------------------------------------------------------------------------------
+
+
+def norm_kind(graph: ModelGraph, op: Op) -> NormKind | None:
+    """The normalization ``op`` performs, or ``None``.
+
+    A ``NORM`` op gives its own kind. A product or quotient of a tensor by a statistic of the same tensor is a
+    hand-written norm, as T5 and Llama write RMSNorm (``x * rsqrt(mean(x**2) + eps)``) or as one writes
+    LayerNorm (``(x - mean) / sqrt(var + eps)``): ``RMS`` without mean subtraction, ``LAYER`` with it.
+    """
+    if op.kind is OpKind.NORM:
+        return op.params.kind if op.params is not None else None
+    if op.kind not in (OpKind.MUL, OpKind.DIV) or len(op.inputs) != 2:
+        return None
+    a, b = op.inputs
+    orders = ((a, b), (b, a)) if op.kind is OpKind.MUL else ((a, b),)
+    for data, stat in orders:
+        roots = _statistic_roots(graph, stat)
+        if not roots:
+            continue
+        data_side = _walk_back(graph, data, {OpKind.PASSTHROUGH, OpKind.SUB, OpKind.SCALE})
+        if roots & data_side:
+            centred = any(graph.op(n).kind is OpKind.SUB for n in data_side)
+            return NormKind.LAYER if centred else NormKind.RMS
+    return None
+
+
+def _statistic_roots(graph: ModelGraph, name: str) -> set[str]:
+    """If ``name`` is a per-sample statistic (via scale/math/casts from a mean, var, std or norm reduction),
+    the tensors it is a statistic of; else the empty set."""
+    stats = _walk_back(graph, name, {OpKind.SCALE, OpKind.MATH, OpKind.PASSTHROUGH})
+    reductions = [graph.op(n) for n in stats if graph.op(n).kind is OpKind.REDUCE]
+    roots: set[str] = set()
+    for r in reductions:
+        if r.params is not None and r.params.kind in _STATISTICS:
+            for src in r.inputs:
+                roots |= _walk_back(graph, src, {OpKind.MATH, OpKind.PASSTHROUGH, OpKind.SUB, OpKind.SCALE})
+    return roots
+
+
+def _walk_back(graph: ModelGraph, start: str, through: set[OpKind]) -> set[str]:
+    """``start`` and what it is computed from through ops of the kinds ``through`` (their producers included)."""
+    seen, stack = set(), [start]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        op = graph.op(name)
+        if op.kind in through:
+            stack.extend(op.inputs)
+    return seen
+
+
+def is_norm(graph: ModelGraph, op: Op, kinds: Iterable[NormKind] = SCALE_NORMS) -> bool:
+    kind = norm_kind(graph, op)
+    return kind is not None and kind in frozenset(kinds)
+
+
+def next_stops(graph: ModelGraph, op: Op, through: Iterable[OpKind] = CARRIERS) -> tuple[Op, ...]:
+    """The first ops after ``op`` that are not of the kinds ``through``, in graph order.
+
+    A hand-written norm's statistic (``pow``, ``mean``, ``rsqrt``) is of carrier kinds, so from a tensor feeding a
+    hand-written RMSNorm both of its paths stop at the normalizing product.
+    """
+    kinds = frozenset(through)
+    view = nx.subgraph_view(graph.dag, filter_node=lambda n: n == op.name or graph.ops[n].kind in kinds)
+    reach = {op.name} | nx.descendants(view, op.name)
+    stops = {s for n in reach for s in graph.dag.successors(n) if s not in reach}
+    return tuple(o for o in graph if o.name in stops)
+
+
+def normalized_after(graph: ModelGraph, op: Op, kinds: Iterable[NormKind] = SCALE_NORMS) -> tuple[Op, ...]:
+    """The norms that normalize ``op``'s output before it reaches anything else, or ``()``.
+
+    "Anything else" is a weight layer, a merge with another signal (add, product, concat, attention) or the
+    model's output. Every path from ``op`` must reach a norm of one of ``kinds`` first; then a scale that
+    ``op`` gets wrong is gone before it matters (in training; for BatchNorm in eval too, since its running
+    statistics are collected on the same forward).
+    """
+    stops = next_stops(graph, op)
+    if stops and all(is_norm(graph, s, kinds) for s in stops):
+        return stops
+    return ()
+
+
+# -- residual adds -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Residual:
+    """An add ``skip + branch`` whose branch is computed from the skip: ``x + f(x)``."""
+
+    add: Op
+    skip: Op  # the operand carrying the stream
+    branch: Op  # the operand computed from it
+
+
+_ALIASES = frozenset({OpKind.PASSTHROUGH, OpKind.DROPOUT})
+
+
+def _aliases(graph: ModelGraph, name: str) -> set[str]:
+    """``name`` and the tensors it is a reshaped, cast or dropped-out view of."""
+    seen = {name}
+    op = graph.op(name)
+    while op.kind in _ALIASES and len(op.inputs) == 1:
+        op = graph.op(op.inputs[0])
+        seen.add(op.name)
+    return seen
+
+
+def residual(graph: ModelGraph, op: Op) -> Residual | None:
+    """``op`` as a residual add, or ``None`` (a sum of unrelated tensors, of parallel branches, a bias)."""
+    if op.kind is not OpKind.ADD or len(op.inputs) != 2 or op.inputs[0] == op.inputs[1]:
+        return None
+    a, b = op.inputs
+    for skip, branch in ((a, b), (b, a)):
+        if graph.op(skip).kind is OpKind.PARAM:
+            continue
+        upstream = graph.ancestors(graph.op(branch))
+        skip_names = _aliases(graph, skip)
+        if skip_names & upstream and not _aliases(graph, branch) & skip_names:
+            return Residual(op, graph.op(skip), graph.op(branch))
+    return None
+
+
+def branch_ops(graph: ModelGraph, res: Residual) -> frozenset[str]:
+    """The ops of the branch: on a path from the skip's source to the branch operand (that operand included)."""
+    sources = _aliases(graph, res.skip.name)
+    up = graph.ancestors(res.branch) | {res.branch.name}
+    down: set[str] = set()
+    for s in sources:
+        down |= graph.descendants(graph.op(s))
+    return frozenset((up & down) - sources)
+
+
+def branch_prenormalized(graph: ModelGraph, res: Residual, kinds: Iterable[NormKind] = PER_SAMPLE_NORMS) -> bool:
+    """Whether every path from the skip into the branch passes through a norm: ``x + f(norm(x))`` (Pre-LN)."""
+    members = branch_ops(graph, res)
+    norms = {n for n in members if is_norm(graph, graph.op(n), kinds)}
+    if not norms:
+        return False
+    open_path = graph.dag.subgraph((members - norms) | _aliases(graph, res.skip.name))
+    return not any(
+        nx.has_path(open_path, s, res.branch.name)
+        for s in _aliases(graph, res.skip.name)
+        if res.branch.name in open_path
+    )
+
+
+# -- repeated blocks ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Block:
+    path: str  # "layers.3"
+    index: int
+    ops: tuple[Op, ...]  # the block's ops, in graph order
+
+
+@dataclass(frozen=True)
+class BlockGroup:
+    """Blocks ``container.0``, ``container.1``... with the same structure (same ops, same weight shapes)."""
+
+    container: str
+    blocks: tuple[Block, ...]
+
+    def span(self) -> str:
+        first, last = self.blocks[0].path, self.blocks[-1].path
+        return f"`{first}` to `{last}`" if len(self.blocks) > 2 else f"`{first}` and `{last}`"
+
+
+def relative(path: str, block: str) -> str:
+    return path[len(block) + 1:] if path.startswith(block + ".") else ("" if path == block else path)
+
+
+def repeated_blocks(graph: ModelGraph) -> tuple[BlockGroup, ...]:
+    """Groups of two or more sibling blocks (module paths ``<container>.<index>``) with one structure.
+
+    Every numbered level is considered: ``stages.0`` and ``stages.1`` as well as ``stages.0.blocks.0`` and
+    ``stages.0.blocks.1``. Outer groups come first. Within a container, blocks whose structure differs (the
+    first T5 block carries the relative position bias) form groups of their own or none.
+    """
+    members: dict[tuple[str, int], list[Op]] = {}
+    for op in graph:
+        parts = op.module.split(".") if op.module else []
+        for i, part in enumerate(parts):
+            if part.isdigit() and i > 0:
+                members.setdefault((".".join(parts[:i]), int(part)), []).append(op)
+    by_signature: dict[tuple, list[Block]] = {}
+    for (container, index), ops in members.items():
+        path = f"{container}.{index}"
+        sig = (container, tuple(_op_signature(o, path) for o in ops if o.kind is not OpKind.PASSTHROUGH))
+        by_signature.setdefault(sig, []).append(Block(path, index, tuple(ops)))
+    groups = [
+        BlockGroup(sig[0], tuple(sorted(blocks, key=lambda b: b.index)))
+        for sig, blocks in by_signature.items()
+        if len(blocks) >= 2
+    ]
+    return tuple(sorted(groups, key=lambda g: (g.container.count("."), _first_position(graph, g))))
+
+
+def _op_signature(op: Op, block: str) -> tuple:
+    w = op.weight
+    return (relative(op.module, block), op.kind.value, w.shape if w is not None else None,
+            relative(w.name, block) if w is not None else None)
+
+
+def _first_position(graph: ModelGraph, group: BlockGroup) -> int:
+    names = list(graph.ops)
+    return names.index(group.blocks[0].ops[0].name)
+
+
+# -- weights -----------------------------------------------------------------------------------------------
+
+# The gains of torch.nn.init.calculate_gain that initializers are used with, squared, by the nonlinearity
+# argument that gives them. ``leaky_relu`` is Kaiming's default ``a=0`` (= ``relu``); ``a=sqrt(5)`` is what
+# nn.Linear and nn.Conv*d use by default.
+GAINS_SQUARED: tuple[tuple[str, float], ...] = (
+    ("relu", 2.0),
+    ("linear", 1.0),
+    ("tanh", 25.0 / 9.0),
+    ("selu", 9.0 / 16.0),
+    ("leaky_relu, a=sqrt(5)", 1.0 / 3.0),
+)
+
+
+def distribution(tensor) -> str | None:
+    """``"uniform"`` or ``"normal"``: what a weight was drawn from, told apart by its range (a uniform's
+    half-width is sqrt(3) standard deviations; a normal sample of 32 or more exceeds 1.1 of that almost
+    surely). ``None`` when the tensor is too small to tell."""
+    if tensor is None or tensor.numel() < 32:
+        return None
+    f = tensor.detach().float()
+    std = f.std(correction=0).item()
+    if std == 0.0:
+        return None
+    half_width = (f - f.mean()).abs().max().item()
+    return "uniform" if half_width <= math.sqrt(3.0) * std * 1.1 else "normal"
+
+
+def sig(x: float, digits: int = 3) -> str:
+    """``x`` with ``digits`` significant digits, as people read it: 0.00231, 96, 1.4e-03."""
+    if x == 0 or not math.isfinite(x):
+        return str(x)
+    if abs(x) >= 1e4 or abs(x) < 1e-3:
+        return f"{x:.{digits - 1}e}"
+    text = f"{x:.{digits}g}"
+    return text
+
+
+_INDEX = re.compile(r"\.(\d+)(?=\.|$)")
+
+
+def python_path(qualname: str) -> str:
+    """``features.4.conv.3`` as Python: ``features[4].conv[3]``."""
+    return _INDEX.sub(r"[\1]", qualname)
+
+
+__all__ = [
+    "CARRIERS", "WEIGHT_LAYERS", "PER_SAMPLE_NORMS", "SCALE_NORMS", "GAINS_SQUARED", "Block", "BlockGroup",
+    "Residual", "branch_ops", "branch_prenormalized", "distribution", "is_norm", "next_stops", "norm_kind",
+    "normalized_after", "python_path", "relative", "repeated_blocks", "residual", "sig",
+]
