@@ -177,6 +177,7 @@ def _lint(args) -> int:
     else:
         text = render(report, args.format, options)
     if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w", encoding="utf-8") as fh:
             fh.write(text)
     else:
