@@ -6,8 +6,14 @@ registered exactly as third-party ones are.
 
 from .depthwise_fan import depthwise_fan
 from .post_ln import post_ln
+from .recurrent_radius import recurrent_radius
+from .symmetric_init import symmetric_init
+from .transposed_conv_checkerboard import transposed_conv_checkerboard
 
 BUILTIN_RULES: tuple = (
     depthwise_fan,
+    transposed_conv_checkerboard,
+    recurrent_radius,
+    symmetric_init,
     post_ln,
 )
