@@ -14,11 +14,18 @@ import torch
 from ..errors import CaptureError, InputsError, describe_exception
 from ..graph import ModelGraph
 from ..load import Target
+from ..ops import Capture
 from ..state import preserved
+from .program import Program
 
 
 def capture(target: Target, force: str | None = None) -> ModelGraph:
     """Capture ``target.model`` as a typed graph. ``force`` pins one rung ("fx", "export" or "hooks")."""
+    return capture_program(target, force)[0]
+
+
+def capture_program(target: Target, force: str | None = None) -> tuple[ModelGraph, Program]:
+    """Like :func:`capture`, with the :class:`Program` that was captured, for measurements to run."""
     from . import export as export_mod
     from . import fx as fx_mod
     from . import hooks as hooks_mod
@@ -41,16 +48,19 @@ def capture(target: Target, force: str | None = None) -> ModelGraph:
                     _check_forward(target)  # raises InputsError when the model itself fails on the inputs
                     notes.append(f"the traced graph did not run ({describe_exception(exc)})")
                 else:
-                    return fx_mod.to_graph(gm, model, target.name, target.sites, tuple(notes))
+                    graph = fx_mod.to_graph(gm, model, target.name, target.sites, tuple(notes))
+                    return graph, Program(Capture.FX, model, inputs, graph_module=gm, values=tuple(values))
         if force in (None, "export"):
             try:
                 ep, prefix = export_mod.export(model, inputs)
             except Exception as exc:
                 notes.append(f"torch.export could not export the model ({describe_exception(exc)})")
             else:
-                return export_mod.to_graph(ep, prefix, model, target.name, target.sites, tuple(notes))
+                graph = export_mod.to_graph(ep, prefix, model, target.name, target.sites, tuple(notes))
+                return graph, Program(Capture.EXPORT, model, inputs, exported=ep, prefix=prefix)
         try:
-            return hooks_mod.capture(model, inputs, target.name, target.sites, tuple(notes))
+            graph = hooks_mod.capture(model, inputs, target.name, target.sites, tuple(notes))
+            return graph, Program(Capture.HOOKS, model, inputs)
         except Exception as exc:
             _check_forward(target)
             raise CaptureError(

@@ -1,0 +1,184 @@
+"""Expectations under the distributions the variance engine assumes, and the activation gains built on them.
+
+A signal entering a nonlinearity is modelled as a distribution over a fixed grid of nodes (a :class:`Rule`):
+a Gaussian of the predicted mean and variance by default, a Gamma for nonnegative reductions (mean of
+squares), a uniform or Bernoulli for random tensors, or any discrete mixture (dropout, concat). Expectations
+are weighted sums over the nodes: trapezoid weights on +-8 standard deviations, exact to about 1e-4 for
+kinked functions (ReLU) and to machine precision for smooth ones.
+
+The gains of an activation are not constants: tanh and sigmoid depend on the input variance, GELU and SiLU on
+both mean and variance. :func:`activation_gain` returns the forward second moment and mean of ``f(x)`` and
+the backward gain ``E[f'(x)^2]`` for ``x ~ N(mean, variance)``.
+
+>>> from initlint.ops import Activation, ActivationParams
+>>> g = activation_gain(ActivationParams(Activation.RELU), Moments(2.0))
+>>> round(g.forward.second, 4), round(g.forward.mean, 4), round(g.backward, 4)
+(1.0, 0.5642, 0.5)
+>>> round(activation_gain(ActivationParams(Activation.TANH), Moments(1.0)).forward.second, 3)
+0.394
+>>> round(activation_gain(ActivationParams(Activation.TANH), Moments(0.01)).forward.second, 5)
+0.00981
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+from .graph import Moments
+from .ops import Activation, ActivationParams
+
+NODES = 400  # grid size: cheap (microseconds per op), ~1e-4 on kinks; even, so no node sits on a kink at 0
+SPAN = 8.0  # the Gaussian grid covers +-SPAN standard deviations (mass outside: 1e-15)
+DTYPE = torch.float64
+
+Fn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A distribution as nodes and weights summing to one: ``E[f(X)] = sum(weights * f(nodes))``."""
+
+    nodes: torch.Tensor
+    weights: torch.Tensor
+
+    def expect(self, values: torch.Tensor) -> float:
+        return float((self.weights * values).sum())
+
+    def moments(self, values: torch.Tensor) -> Moments:
+        return Moments(self.expect(values * values), self.expect(values))
+
+    def second(self, values: torch.Tensor | float) -> float:
+        if not isinstance(values, torch.Tensor):
+            return float(values) ** 2
+        return self.expect(values * values)
+
+
+@lru_cache(maxsize=1)
+def _standard() -> tuple[torch.Tensor, torch.Tensor]:
+    t = torch.linspace(-SPAN, SPAN, NODES, dtype=DTYPE)
+    w = torch.exp(-0.5 * t * t)
+    return t, w / w.sum()
+
+
+def gaussian(mean: float, variance: float) -> Rule:
+    """``N(mean, variance)``."""
+    t, w = _standard()
+    return Rule(mean + math.sqrt(max(variance, 0.0)) * t, w)
+
+
+def gamma(mean: float, variance: float) -> Rule:
+    """A nonnegative variable of the given mean and variance (Gamma, by the Wilson-Hilferty transform).
+
+    Means of squares (hand-written RMSNorm, ``x.pow(2).mean(-1)``) are chi-square, not Gaussian: a Gaussian
+    grid would put mass below zero, where ``rsqrt`` explodes.
+    """
+    if mean <= 0 or variance <= 0:
+        return point(max(mean, 0.0))
+    t, w = _standard()
+    a = variance / (9.0 * mean * mean)  # 1 / (9 k) for shape k = mean^2 / variance
+    nodes = mean * torch.clamp(1.0 - a + t * math.sqrt(a), min=0.0) ** 3
+    nodes = nodes * (mean / float((w * nodes).sum()))  # exact mean
+    return Rule(nodes, w)
+
+
+def uniform(low: float = 0.0, high: float = 1.0) -> Rule:
+    """``U[low, high)`` by the midpoint rule (exact for thresholds on a 1/NODES lattice)."""
+    t = (torch.arange(NODES, dtype=DTYPE) + 0.5) / NODES
+    return Rule(low + (high - low) * t, torch.full((NODES,), 1.0 / NODES, dtype=DTYPE))
+
+
+def bernoulli(p: float) -> Rule:
+    return Rule(torch.tensor([0.0, 1.0], dtype=DTYPE), torch.tensor([1.0 - p, p], dtype=DTYPE))
+
+
+def point(value: float) -> Rule:
+    return Rule(torch.tensor([float(value)], dtype=DTYPE), torch.ones(1, dtype=DTYPE))
+
+
+def mixture(parts: list[tuple[Rule, torch.Tensor, float]]) -> Rule:
+    """The distribution of a tensor made of parts ``(rule, values, fraction)`` (concat, dropout's zeros)."""
+    nodes = torch.cat([v.expand_as(r.weights) if v.dim() else v.expand(r.weights.shape) for r, v, _ in parts])
+    weights = torch.cat([r.weights * f for r, _, f in parts])
+    return Rule(nodes, weights / weights.sum())
+
+
+def max_of(rule: Rule, values: torch.Tensor, k: int) -> Rule:
+    """The distribution of the largest of ``k`` independent draws of ``values`` under ``rule``."""
+    order = torch.argsort(values)
+    v, w = values[order], rule.weights[order]
+    cdf = torch.cumsum(w, 0).clamp(max=1.0)
+    below = torch.cat([torch.zeros(1, dtype=DTYPE), cdf[:-1]])
+    return Rule(v, cdf**k - below**k)
+
+
+# -- activations -------------------------------------------------------------------------------------------
+
+
+def _leaky(p: ActivationParams) -> Fn:
+    slope = 0.01 if p.negative_slope is None else p.negative_slope
+    return lambda x: F.leaky_relu(x, slope)
+
+
+_RRELU_SLOPE = (1.0 / 8 + 1.0 / 3) / 2  # nn.RReLU's default U[1/8, 1/3] slope, at its mean
+
+_ACTIVATIONS: dict[Activation, Callable[[ActivationParams], Fn]] = {
+    Activation.RELU: lambda p: F.relu,
+    Activation.RELU6: lambda p: F.relu6,
+    Activation.LEAKY_RELU: _leaky,
+    Activation.PRELU: _leaky,
+    Activation.RRELU: lambda p: (lambda x: F.leaky_relu(x, _RRELU_SLOPE)),
+    Activation.ELU: lambda p: (lambda x: F.elu(x, 1.0 if p.alpha is None else p.alpha)),
+    Activation.CELU: lambda p: (lambda x: F.celu(x, 1.0 if p.alpha is None else p.alpha)),
+    Activation.SELU: lambda p: F.selu,
+    Activation.GELU: lambda p: (lambda x: F.gelu(x, approximate=p.approximate or "none")),
+    Activation.SILU: lambda p: F.silu,
+    Activation.MISH: lambda p: F.mish,
+    Activation.SOFTPLUS: lambda p: (lambda x: F.softplus(x, p.beta or 1.0, p.threshold or 20.0)),
+    Activation.TANH: lambda p: torch.tanh,
+    Activation.SIGMOID: lambda p: torch.sigmoid,
+    Activation.HARDTANH: lambda p: (lambda x: F.hardtanh(x, -1.0 if p.min_val is None else p.min_val,
+                                                         1.0 if p.max_val is None else p.max_val)),
+    Activation.HARDSIGMOID: lambda p: F.hardsigmoid,
+    Activation.HARDSWISH: lambda p: F.hardswish,
+    Activation.SOFTSIGN: lambda p: F.softsign,
+    Activation.TANHSHRINK: lambda p: F.tanhshrink,
+    Activation.LOGSIGMOID: lambda p: F.logsigmoid,
+    Activation.IDENTITY: lambda p: (lambda x: x),
+}
+
+
+def activation(params: ActivationParams) -> Fn:
+    """The elementwise function of an activation op, as PyTorch computes it."""
+    return _ACTIVATIONS[params.fn](params)
+
+
+def with_derivative(fn: Fn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fn(x)`` and ``fn'(x)`` at every node (by autograd, so every PyTorch function has its exact slope)."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        y = fn(x)
+        (d,) = torch.autograd.grad(y.sum(), x, allow_unused=True)
+    return y.detach(), torch.zeros_like(x) if d is None else d.detach()
+
+
+@dataclass(frozen=True)
+class Gain:
+    forward: Moments  # of f(x)
+    backward: float  # E[f'(x)^2]: what the gradient's second moment is multiplied by
+
+
+def activation_gain(params: ActivationParams, x: Moments) -> Gain:
+    """Gains of an activation for ``x ~ N(x.mean, x.variance)``."""
+    rule = gaussian(x.mean, x.variance)
+    y, d = with_derivative(activation(params), rule.nodes)
+    return Gain(rule.moments(y), rule.second(d))
+
+
+__all__ = ["Rule", "Gain", "gaussian", "gamma", "uniform", "bernoulli", "point", "mixture", "max_of", "activation",
+           "activation_gain", "with_derivative"]

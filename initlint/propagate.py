@@ -1,0 +1,239 @@
+"""The variance engine: predict every op's forward and backward second moments without running the model.
+
+Forward, in topological order, each op's transfer function (one per :class:`~initlint.ops.OpKind`, in
+:mod:`initlint.transfer`, :mod:`initlint.elementwise` and :mod:`initlint.recurrent`) turns its operands'
+estimates into its own: second moment, mean, per-unit mean variance and distribution. Inputs are unit
+Gaussians, or have the statistics of the example inputs when given. The model is assumed in training mode:
+BatchNorm normalizes with batch statistics and dropout is active.
+
+Backward, in reverse topological order, starts from the loss convention ``L = sum_i <y_i, r_i>`` over the
+model's float outputs ``y_i`` with ``r_i ~ N(0, 1)``: the gradient at each output has second moment 1 and is
+independent of the forward pass. Each op sends back its gradient times its transfer's gain; gradients reaching
+one tensor along paths that are elementwise functions of one source add coherently (``x + x`` gets ``2 g``),
+others add their second moments.
+
+An op without a transfer function (``UNKNOWN``, a ``full`` of unknown value) keeps its first operand's
+estimate, or the measurement when one is given; it is listed in :attr:`Prediction.fallback`.
+
+>>> import torch
+>>> from torch import nn
+>>> from initlint.capture import capture
+>>> from initlint.load import from_instance
+>>> _ = torch.manual_seed(0)
+>>> g = propagate(capture(from_instance(nn.Sequential(nn.Linear(512, 512), nn.ReLU()))))
+>>> s = g.signal("_1")  # nn.Linear's default init has E[W^2] = 1 / (3 fan_in): x 1/3, then ReLU x 1/2
+>>> round(s.forward.second, 2), round(s.backward.second, 1)
+(0.17, 1.0)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import elementwise, recurrent, transfer
+from .estimate import Ctx, Deriv, Est, Factor, Step, Transfer
+from .gains import DTYPE, gaussian, point
+from .graph import ModelGraph, Moments, Signal
+from .ops import Op, OpKind
+
+TABLE: dict[OpKind, Transfer] = {**transfer.TABLE, **elementwise.TABLE, OpKind.RECURRENT: recurrent.transfer}
+_NO_GRAD = frozenset({OpKind.COMPARE, OpKind.RANDOM, OpKind.FACTORY})
+_EXACT = frozenset({OpKind.INPUT, OpKind.PARAM, OpKind.OUTPUT})  # statistics read, not predicted
+
+
+@dataclass(frozen=True)
+class Prediction:
+    signals: Mapping[str, Signal]
+    fallback: tuple[str, ...] = ()  # ops with no transfer function: first operand's (or measured) estimate
+
+    def covered(self, graph: ModelGraph) -> tuple[str, ...]:
+        """Ops whose forward statistics are predicted by a transfer function (inputs and outputs excluded)."""
+        skip = set(self.fallback)
+        return tuple(op.name for op in graph if op.kind not in _EXACT and op.name not in skip)
+
+
+def propagate(graph: ModelGraph, inputs: Any = None, *, model: nn.Module | None = None,
+              measured: Mapping[str, Signal] | None = None) -> ModelGraph:
+    """``graph`` with a predicted :class:`~initlint.graph.Signal` for every op."""
+    return graph.with_signals(predict(graph, inputs, model=model, measured=measured).signals)
+
+
+def predict(graph: ModelGraph, inputs: Any = None, *, model: nn.Module | None = None,
+            measured: Mapping[str, Signal] | None = None) -> Prediction:
+    """Forward then backward over ``graph``. ``inputs``: example inputs whose statistics replace the unit
+    Gaussian; ``model``: read for declared attention causality (``is_causal``) only; ``measured``: the
+    fallback for ops with no transfer function."""
+    ctx = Ctx(graph, {}, causal=_causal(graph, model), trainable=_trainable_names(model))
+    tensors = _input_tensors(graph, inputs)
+    ests: dict[str, Est] = {}
+    steps: dict[str, Step] = {}
+    fallback: list[str] = []
+    for op in graph:
+        ins = [ests[n] for n in op.inputs]
+        step = _transfer(op, ins, ctx, tensors)
+        if step is None:
+            fallback.append(op.name)
+            step = _fallback(op, ins, (measured or {}).get(op.name))
+        steps[op.name] = step
+        ests[op.name] = _settle(op, step, ins, ctx, ests)
+    back = _backward(graph, ests, steps, ctx)
+    signals = {name: Signal(Moments(max(e.second, 0.0), e.mean), back.get(name)) for name, e in ests.items()}
+    return Prediction(signals, tuple(fallback))
+
+
+def _transfer(op: Op, ins: list[Est], ctx: Ctx, tensors: dict[str, torch.Tensor]) -> Step | None:
+    if op.kind is OpKind.INPUT:
+        return _input(op, tensors.get(op.name))
+    if op.kind is OpKind.OUTPUT:
+        return Step(values=ins[0].values, source=ins[0].source) if ins else Step(0.0, rule=point(0.0))
+    fn = TABLE.get(op.kind)
+    if fn is None:
+        return None
+    try:
+        return fn(op, ins, ctx)
+    except (ArithmeticError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+        raise type(exc)(f"while propagating op `{op.name}` ({op.target}): {exc}") from exc
+
+
+def _input(op: Op, tensor: torch.Tensor | None) -> Step:
+    if tensor is None:
+        return Step(1.0, 0.0, rule=gaussian(0.0, 1.0))
+    t = tensor.detach().to("cpu", DTYPE)
+    return Step(float(t.square().mean()), float(t.mean()), rule=transfer.empirical(t))
+
+
+def _fallback(op: Op, ins: list[Est], measured: Signal | None) -> Step:
+    grads = (Factor(1.0),) + (None,) * max(len(ins) - 1, 0)
+    if measured is not None:
+        m = measured.forward
+        return Step(m.second, m.mean, grads=grads)
+    if ins:
+        return Step(values=ins[0].values, source=ins[0].source, grads=(Deriv(1.0),) + grads[1:])
+    return Step(0.0, 0.0, rule=point(0.0))
+
+
+def _floating(op: Op) -> bool:
+    return op.dtype is None or op.dtype.startswith(("float", "bfloat", "complex"))
+
+
+def _trainable(op: Op, trainable: frozenset[str] | None) -> bool:
+    """Whether the op owns a parameter that takes gradients (``trainable``: the model's parameter names that
+    require grad; without the model, every weight and operand parameter is taken to)."""
+    names = [w.name for w in (op.weight, op.bias) if w is not None]
+    if trainable is None:
+        return bool(names)
+    return any(n in trainable for n in names)
+
+
+def _settle(op: Op, step: Step, ins: list[Est], ctx: Ctx, ests: dict[str, Est]) -> Est:
+    """The estimate of ``op``'s output: moments from the grid for elementwise steps, else a new source."""
+    grads = step.grads + (None,) * (len(ins) - len(step.grads))
+    if step.values is not None:
+        source, values = step.source, step.values
+        m = ctx.rules[source].moments(values)
+        second, mean = m.second, m.mean
+        slope = sum(ctx.rules[source].expect(torch.as_tensor(g.value, dtype=DTYPE).expand_as(values)) * e.slope
+                    for g, e in zip(grads, ins) if isinstance(g, Deriv))
+        unit = min(slope * slope * ests[source].unit, max(second - mean * mean, 0.0))
+    else:
+        source, second, mean, unit, slope = op.name, step.second, step.mean, step.unit, 1.0
+        rule = step.gaussian_rule()
+        ctx.rules[source] = rule
+        values = rule.nodes
+    floating = _floating(op)
+    requires = floating and op.kind not in _NO_GRAD and (
+        op.kind is OpKind.INPUT or _trainable(op, ctx.trainable)
+        or any(e.requires_grad and g is not None for e, g in zip(ins, grads)))
+    cf = step.channels_first if step.channels_first is not None else (ins[0].channels_first if ins else False)
+    if math.isnan(second) or math.isnan(mean):
+        second = mean = float("nan")
+    return Est(second, mean, unit, source, values, slope, op.shape, cf, requires, floating)
+
+
+def _backward(graph: ModelGraph, ests: dict[str, Est], steps: dict[str, Step], ctx: Ctx) -> dict[str, Moments]:
+    """Gradient second moments, from unit gradients at the outputs back to the inputs."""
+    terms: dict[str, dict[object, torch.Tensor | float]] = {}
+    for out in graph.of_kind(OpKind.OUTPUT):
+        for i, name in enumerate(out.inputs):
+            if ests[name].requires_grad:
+                terms.setdefault(name, {})[("loss", out.name, i)] = 1.0
+    back: dict[str, Moments] = {}
+    for op in reversed(list(graph)):
+        mine = terms.pop(op.name, None)
+        est = ests[op.name]
+        if not mine or not est.requires_grad:
+            continue
+        rule = ctx.rules[est.source]
+        g = sum(rule.second(a) for a in mine.values())
+        back[op.name] = Moments(g, 0.0)
+        step = steps[op.name]
+        for i, src in enumerate(op.inputs):
+            grad = step.grads[i] if i < len(step.grads) else None
+            if grad is None or not ests[src].requires_grad:
+                continue
+            into = terms.setdefault(src, {})
+            if isinstance(grad, Deriv):  # same grid: amplitudes add per origin
+                for origin, amp in mine.items():
+                    into[origin] = into.get(origin, 0.0) + amp * grad.value
+            else:
+                into[(op.name, i)] = math.sqrt(max(g * grad.gain, 0.0)) if not math.isnan(g * grad.gain) else g
+    return back
+
+
+def _trainable_names(model: nn.Module | None) -> frozenset[str] | None:
+    if model is None:
+        return None
+    return frozenset(n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad)
+
+
+def _causal(graph: ModelGraph, model: nn.Module | None) -> frozenset[str]:
+    """Attention ops given a mask tensor whose module declares ``is_causal`` (Hugging Face attention)."""
+    if model is None:
+        return frozenset()
+    found = set()
+    for op in graph.of_kind(OpKind.ATTENTION):
+        if op.params is None or op.params.causal or not op.params.has_mask:
+            continue
+        try:
+            module = model.get_submodule(op.module) if op.module else model
+        except AttributeError:
+            continue
+        if getattr(module, "is_causal", False) is True:
+            found.add(op.name)
+    return frozenset(found)
+
+
+def _input_tensors(graph: ModelGraph, inputs: Any) -> dict[str, torch.Tensor]:
+    """Example input tensors matched to INPUT ops, in order, by shape and dtype."""
+    if inputs is None:
+        return {}
+    from .inputs import coerce
+
+    ex = coerce(inputs)
+    pool = [t for t in _flat(list(ex.args) + list(ex.kwargs.values()))]
+    found: dict[str, torch.Tensor] = {}
+    for op in graph.of_kind(OpKind.INPUT):
+        for j, t in enumerate(pool):
+            if tuple(t.shape) == tuple(op.shape or ()) and str(t.dtype).removeprefix("torch.") == op.dtype:
+                found[op.name] = pool.pop(j)
+                break
+    return found
+
+
+def _flat(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _flat(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _flat(v)]
+    return []
+
+
+__all__ = ["propagate", "predict", "Prediction", "TABLE"]

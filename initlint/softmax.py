@@ -1,0 +1,75 @@
+"""Statistics of a softmax over Gaussian logits: what attention does to the signal and to its gradient.
+
+For logits that vary across keys with variance ``s2``, the attention probabilities ``p`` have per-entry
+``E[p^2] = e^{s2} / n^2`` while ``s2`` is small and saturate at ``1/n`` per row once one key dominates. No
+closed form covers both ends (nor causal masks, where row ``i`` sees ``i + 1`` keys), so the engine
+integrates numerically: a fixed-seed Monte Carlo quadrature over the logits, cached per shape and variance.
+It reads no model and is the same on every run.
+
+>>> st = softmax_stats(16, 16, 0.0, causal=False)
+>>> round(st.p2 * 16 * 16, 6)  # uniform attention: E[sum_j p_j^2] = 1/n per row
+1.0
+>>> c = softmax_stats(16, 16, 0.0, causal=True)
+>>> round(c.p2 * 16 * 16, 3)  # causal: mean over rows of 1/(i+1), times n = H_16
+3.381
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+SAMPLES = 1 << 18  # logits drawn per estimate: about 0.3% precision on E[p^2]
+MAX_ROWS = 256  # query rows simulated (evenly spaced), enough to average a causal mask's row lengths
+SEED = 0
+
+
+@dataclass(frozen=True)
+class SoftmaxStats:
+    """Per-entry statistics of ``p = softmax(l)`` over ``n_k`` keys, averaged over ``n_q`` query rows.
+
+    ``p2``: ``E[p_ij^2]`` over all ``n_q * n_k`` entries (masked entries count as zeros).
+    ``jacobian``: ``E[(p_ij (d_ij - sum_k p_ik d_ik))^2]`` for unit, independent upstream gradients ``d``:
+    the backward gain of the softmax per entry.
+    ``log_second`` and ``log_mean``: moments of ``log p`` over the unmasked entries (for ``log_softmax``).
+    """
+
+    p2: float
+    jacobian: float
+    log_second: float
+    log_mean: float
+
+
+def softmax_stats(n_q: int, n_k: int, variance: float, causal: bool = False) -> SoftmaxStats:
+    n_q, n_k = max(int(n_q), 1), max(int(n_k), 1)
+    v = float(f"{max(variance, 0.0):.4g}")  # 4 significant digits: the cache key and the precision wanted
+    return _stats(n_q, n_k, v, causal)
+
+
+@lru_cache(maxsize=512)
+def _stats(n_q: int, n_k: int, variance: float, causal: bool) -> SoftmaxStats:
+    gen = torch.Generator().manual_seed(SEED)
+    rows = torch.linspace(0, n_q - 1, min(n_q, MAX_ROWS)).round().long()
+    reps = max(1, SAMPLES // (len(rows) * n_k))
+    logits = torch.randn(reps, len(rows), n_k, generator=gen, dtype=torch.float64) * math.sqrt(variance)
+    mask = torch.ones(len(rows), n_k, dtype=torch.bool)
+    if causal:
+        mask = torch.arange(n_k)[None, :] <= rows[:, None]
+    logits = logits.masked_fill(~mask, -math.inf)
+    logp = torch.log_softmax(logits, dim=-1)
+    p = logp.exp()
+    d = torch.randn(logits.shape, generator=gen, dtype=torch.float64)
+    jac = p * (d - (p * d).sum(-1, keepdim=True))
+    live = logp[mask.expand_as(logp)]
+    return SoftmaxStats(
+        p2=float((p * p).mean()),
+        jacobian=float((jac * jac).mean()),
+        log_second=float((live * live).mean()),
+        log_mean=float(live.mean()),
+    )
+
+
+__all__ = ["SoftmaxStats", "softmax_stats"]

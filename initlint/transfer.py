@@ -1,0 +1,308 @@
+"""Transfer functions of the ops that are not elementwise: sources, weight layers, norms, attention, reductions.
+
+Each is a small function ``(op, operands, ctx) -> Step``; :data:`TABLE` maps op kinds to them. The physics,
+for an input of second moment ``q``, mean ``m`` and per-unit mean variance ``u``:
+
+* Linear and conv: ``fan_in * E[W^2] * q`` plus the mean and bias terms, with the *true* fan-in (grouped and
+  depthwise convs, transposed-conv phases and zero-padded borders counted from the shapes); the gradient's
+  second moment is multiplied by ``fan_out * E[W^2]``.
+* Norms reset the scale to their affine weight: ``E[w^2] * v / (v + eps) + E[b^2]`` (BatchNorm with batch
+  statistics, as in training); the gradient is divided by the normalized variance.
+* Attention: logits vary across keys with variance ``scale^2 * d_k * E[q^2] * Var(k)``; the output is a
+  ``sum_j p_j^2``-weighted average of the values (:mod:`initlint.softmax`).
+* Means, pooling and sums keep the per-unit means ``u`` and average the rest away.
+
+>>> from initlint.estimate import Est
+>>> from initlint.ops import LinearParams, Op, OpKind, WeightStats
+>>> import torch
+>>> w = WeightStats.of("fc.weight", torch.randn(256, 512, generator=torch.Generator().manual_seed(0)) / 512 ** 0.5,
+...                    512, 256)
+>>> op = Op("fc", OpKind.LINEAR, "nn.Linear", ("x",), params=LinearParams(512, 256, False), weight=w)
+>>> round(_linear(op, [Est(1.0, 0.0)], None).second, 1)  # std 1/sqrt(fan_in) keeps the variance
+1.0
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from .elementwise import base_name
+from .estimate import Ctx, Est, Factor, Step, numel
+from .fans import conv_fans
+from .gains import DTYPE, NODES, Rule, bernoulli, gamma, gaussian, max_of, mixture, point, uniform
+from .ops import NormKind, Op, OpKind, PoolKind, RandomDist, Reduction
+from .softmax import softmax_stats
+
+
+def empirical(t: torch.Tensor | None) -> Rule | None:
+    """The distribution of a tensor's values, as NODES equally weighted quantiles."""
+    if t is None or t.is_meta or t.numel() == 0 or t.is_complex():
+        return None
+    flat = t.detach().reshape(-1).to("cpu", DTYPE).sort().values
+    if flat.numel() > NODES:
+        idx = ((torch.arange(NODES, dtype=DTYPE) + 0.5) * flat.numel() / NODES).long()
+        flat = flat[idx]
+    return Rule(flat, torch.full(flat.shape, 1.0 / flat.numel(), dtype=DTYPE))
+
+
+# -- sources -----------------------------------------------------------------------------------------------
+
+
+def _param(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
+    w = op.weight
+    if w is None:
+        return None
+    return Step(w.second_moment, w.mean, rule=empirical(w.tensor))
+
+
+def _factory(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
+    name, n = base_name(op.target), op.numel
+    if name.startswith(("zeros", "new_zeros")):
+        return Step(0.0, 0.0, rule=point(0.0))
+    if name.startswith(("ones", "new_ones")):
+        return Step(1.0, 1.0, rule=point(1.0))
+    if name == "arange" and n:  # arange(n): the capture keeps no start or step
+        rule = empirical(torch.arange(n, dtype=DTYPE))
+        return Step((n - 1) * (2 * n - 1) / 6, (n - 1) / 2, rule=rule)
+    return None  # full, empty, tensor(...): the value is not captured
+
+
+def _random(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
+    dist = op.params.dist
+    if "randint" in op.target:
+        return None
+    if dist is RandomDist.NORMAL:
+        return Step(1.0, 0.0, rule=gaussian(0.0, 1.0))
+    if dist is RandomDist.BERNOULLI:
+        p = 0.5 if op.params.p is None else op.params.p
+        return Step(p, p, rule=bernoulli(p))
+    return Step(1.0 / 3.0, 0.5, rule=uniform(0.0, 1.0))
+
+
+def _embedding(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
+    w = op.weight
+    if w is None:
+        return None
+    return Step(w.second_moment, w.mean, rule=empirical(w.tensor), grads=(None,) * len(ins))
+
+
+# -- weight layers -----------------------------------------------------------------------------------------
+
+
+def _affine(op: Op, x: Est, fan_in: float, fan_out: float, channels_first: bool = False) -> Step:
+    w, b = op.weight, op.bias
+    w2, mw, vw = w.second_moment, w.mean, w.variance
+    second = fan_in * w2 * x.second + fan_in * (fan_in - 1) * mw * mw * x.mean * x.mean
+    mean = fan_in * mw * x.mean
+    unit = fan_in * (w2 * x.unit + vw * x.mean * x.mean)
+    if b is not None:
+        second += b.second_moment + 2 * b.mean * mean
+        mean += b.mean
+        unit += b.variance
+    return Step(second, mean, min(unit, max(second - mean * mean, 0.0)), grads=(Factor(fan_out * w2),),
+                channels_first=channels_first)
+
+
+def _linear(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
+    if op.weight is None:
+        return None
+    return _affine(op, ins[0], op.weight.fan_in, op.weight.fan_out)
+
+
+def _conv(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
+    if op.weight is None:
+        return None
+    fans = conv_fans(op.params, ins[0].shape, op.shape) or (op.weight.fan_in, op.weight.fan_out)
+    return _affine(op, ins[0], *fans, channels_first=True)
+
+
+def _norm_count(op: Op, x: Est) -> int:
+    """How many elements are normalized together."""
+    p, shape = op.params, x.shape or ()
+    n = numel(shape) or 1
+    if p.kind is NormKind.BATCH:
+        return n // shape[1] if len(shape) >= 2 else n
+    if p.kind in (NormKind.LAYER, NormKind.RMS):
+        return math.prod(p.normalized_shape) if p.normalized_shape else (shape[-1] if shape else 1)
+    if p.kind is NormKind.GROUP and len(shape) >= 2:
+        return n // (shape[0] * (p.num_groups or 1))
+    if p.kind is NormKind.INSTANCE and len(shape) >= 2:
+        return n // (shape[0] * shape[1])
+    return n
+
+
+def _norm(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
+    p, x = op.params, ins[0]
+    if p.kind is NormKind.LOCAL_RESPONSE:
+        return Step(x.second, x.mean, x.unit, grads=(Factor(1.0),))
+    w2 = (1.0 if p.weight_rms is None else p.weight_rms) ** 2
+    mw = op.weight.mean if op.weight is not None else 1.0
+    b2 = (p.bias_rms or 0.0) ** 2
+    mb, vb = (op.bias.mean, op.bias.variance) if op.bias is not None else (0.0, 0.0)
+    batch_stats = p.uses_batch_stats or (ctx.training and op.target.startswith("nn."))
+    if p.kind is NormKind.BATCH and not batch_stats:  # running statistics: assumed fresh (mean 0, var 1)
+        z2, zm, back = x.second / (1 + p.eps), x.mean / math.sqrt(1 + p.eps), 1.0 / (1 + p.eps)
+        unit = x.unit
+    else:
+        count = max(_norm_count(op, x), 1)
+        var = x.second if p.kind is NormKind.RMS else x.variance
+        z2 = var / (var + p.eps) if var > 0 else 0.0
+        zm = x.mean / math.sqrt(var + p.eps) if p.kind is NormKind.RMS else 0.0
+        lost = 1.0 if p.kind is NormKind.RMS else 2.0  # directions the normalization removes
+        back = max(1.0 - lost / count, 0.0) / (var + p.eps)
+        unit = 0.0
+        if p.kind in (NormKind.LAYER, NormKind.RMS):
+            unit = x.unit / (var + p.eps)
+    second = w2 * z2 + b2 + 2 * mw * mb * zm
+    mean = mw * zm + mb
+    cf = x.channels_first or (p.kind is not NormKind.LAYER and p.kind is not NormKind.RMS and x.rank >= 3)
+    return Step(second, mean, min(w2 * unit + vb, max(second - mean * mean, 0.0)),
+                grads=(Factor(w2 * back),), channels_first=cf)
+
+
+# -- products of signals -----------------------------------------------------------------------------------
+
+
+def _matmul(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
+    if len(ins) != 2:
+        return None
+    a, b = ins
+    c = op.params.contracted or (a.shape[-1] if a.shape else None)
+    if not c:
+        return None
+    shared = 0.0 if op.params.transposed_rhs else b.unit  # b's columns keep their offsets along c
+    second = c * a.second * b.second + c * (c - 1) * a.mean**2 * (b.mean**2 + shared)
+    mean = c * a.mean * b.mean
+    terms = (op.numel or 0) * c
+    ga = terms / a.numel * b.second if a.numel and terms else c * b.second
+    gb = terms / b.numel * a.second if b.numel and terms else c * a.second
+    return Step(second, mean, (c * a.mean) ** 2 * shared, grads=(Factor(ga), Factor(gb)))
+
+
+def _softmax(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
+    x = ins[0]
+    if not x.shape:
+        return None
+    n = x.shape[op.params.dim]
+    st = softmax_stats(1, n, x.variance)
+    if op.params.log:
+        return Step(st.log_second, st.log_mean, grads=(Factor(max(1 - 2 / n + n * st.p2, 0.0)),))
+    return Step(st.p2, 1.0 / n, grads=(Factor(st.jacobian),))
+
+
+def _attention(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
+    if len(ins) < 3 or not all(e.shape for e in ins[:3]):
+        return None
+    q, k, v = ins[:3]
+    p = op.params
+    d = p.head_dim or q.shape[-1]
+    n_q, n_k, d_v = q.shape[-2], p.seq_len or k.shape[-2], v.shape[-1]
+    scale = p.scale if p.scale is not None else 1.0 / math.sqrt(d)
+    var_k = max(k.variance - k.unit, 0.0)
+    logits = scale * scale * d * q.second * var_k
+    st = softmax_stats(n_q, n_k, logits, p.causal or op.name in ctx.causal)
+    keep = 1.0 / (1.0 - p.dropout_p) if 0 < p.dropout_p < 1 else 1.0
+    rows = n_k * st.p2 * keep  # E[sum_j p_j^2] per query
+    u = min(v.unit, v.variance)
+    second = v.mean**2 + u + (v.variance - u) * rows
+    g_logit = st.jacobian * d_v * v.second * keep
+    grads = (Factor(scale * scale * n_k * g_logit * k.variance), Factor(scale * scale * n_q * g_logit * q.second),
+             Factor(n_q * st.p2 * keep))
+    return Step(second, v.mean, u, grads=grads + (None,) * (len(ins) - 3))
+
+
+# -- layout ------------------------------------------------------------------------------------------------
+
+
+def _concat(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
+    sizes = list(op.params.sizes) if len(op.params.sizes) == len(ins) else []
+    if not sizes or not sum(sizes):
+        sizes = [e.numel or 1 for e in ins]
+    total = float(sum(sizes))
+    frac = [s / total for s in sizes]
+    rule = mixture([(ctx.rule(e), e.values, f) for e, f in zip(ins, frac)])
+    second = sum(f * e.second for f, e in zip(frac, ins))
+    mean = sum(f * e.mean for f, e in zip(frac, ins))
+    unit = sum(f * e.unit for f, e in zip(frac, ins))
+    rank = ins[0].rank
+    if rank and op.params.dim % rank == ins[0].unit_dim and not op.params.stack:  # parts are different units
+        unit += sum(f * (e.mean - mean) ** 2 for f, e in zip(frac, ins))
+    return Step(second, mean, unit, rule=rule, grads=tuple(Factor(1.0) for _ in ins))
+
+
+def _window(op: Op, x: Est) -> int:
+    p = op.params
+    if p.kind in (PoolKind.ADAPTIVE_AVG, PoolKind.ADAPTIVE_MAX):
+        dims = len(p.output_size) or 2
+        if not x.shape or not op.shape:
+            return 1
+        return max(1, math.prod(math.ceil(a / max(b, 1)) for a, b in zip(x.shape[-dims:], op.shape[-dims:])))
+    return max(1, math.prod(p.kernel_size))
+
+
+def _pool(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
+    x, kind = ins[0], op.params.kind
+    k = _window(op, x)
+    ratio = op.numel / x.numel if op.numel and x.numel else 1.0 / k
+    if kind in (PoolKind.MAX, PoolKind.ADAPTIVE_MAX):
+        rule = max_of(ctx.rule(x), x.values, k)
+        m = rule.moments(rule.nodes)
+        return Step(m.second, m.mean, x.unit, rule=rule, grads=(Factor(ratio),), channels_first=True)
+    u = min(x.unit, x.variance)
+    return Step(x.mean**2 + u + (x.variance - u) / k, x.mean, u, grads=(Factor(ratio / k),), channels_first=True)
+
+
+def _over_units(op: Op, x: Est) -> bool:
+    dims = op.params.dims
+    return not dims or not x.rank or x.unit_dim in {d % x.rank for d in dims}
+
+
+def _reduce(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
+    x, kind = ins[0], op.params.kind
+    n = op.params.count or (x.numel // op.numel if x.numel and op.numel else None)
+    if not n:
+        return None
+    nonneg = bool((x.values >= 0).all())
+    u = 0.0 if _over_units(op, x) else min(x.unit, x.variance)
+    var = u + (x.variance - u) / n  # of the mean
+    if kind in (Reduction.MEAN, Reduction.SUM):
+        c = 1.0 if kind is Reduction.MEAN else float(n)
+        rule = (gamma if nonneg else gaussian)(c * x.mean, c * c * var)
+        return Step(c * c * (x.mean**2 + var), c * x.mean, c * c * u, rule=rule, grads=(Factor((c / n) ** 2),))
+    if kind in (Reduction.MAX, Reduction.MIN):
+        sign = 1.0 if kind is Reduction.MAX else -1.0
+        rule = max_of(ctx.rule(x), sign * x.values, n)
+        rule = Rule(sign * rule.nodes, rule.weights)
+        m = rule.moments(rule.nodes)
+        return Step(m.second, m.mean, rule=rule, grads=(Factor(1.0 / n),))
+    if kind is Reduction.NORM:
+        s = n * x.second
+        return Step(s, math.sqrt(s), rule=point(math.sqrt(s)), grads=(Factor(1.0 / n),))
+    if kind is Reduction.VAR:
+        return Step(x.variance**2 * (1 + 2 / n), x.variance, rule=point(x.variance),
+                    grads=(Factor(4 * x.variance / n**2),))
+    if kind is Reduction.STD:
+        return Step(x.variance, math.sqrt(x.variance), rule=point(math.sqrt(x.variance)), grads=(Factor(1.0 / n),))
+    return None
+
+
+TABLE = {
+    OpKind.PARAM: _param,
+    OpKind.FACTORY: _factory,
+    OpKind.RANDOM: _random,
+    OpKind.EMBEDDING: _embedding,
+    OpKind.LINEAR: _linear,
+    OpKind.CONV: _conv,
+    OpKind.NORM: _norm,
+    OpKind.MATMUL: _matmul,
+    OpKind.SOFTMAX: _softmax,
+    OpKind.ATTENTION: _attention,
+    OpKind.CONCAT: _concat,
+    OpKind.POOL: _pool,
+    OpKind.REDUCE: _reduce,
+}
+
+__all__ = ["TABLE", "empirical"]
