@@ -4,6 +4,7 @@ This tuple is what the ``builtin`` entry point of the ``initlint.rules`` group n
 registered exactly as third-party ones are.
 """
 
+from .cloned_layer_init import cloned_layer_init
 from .depthwise_fan import depthwise_fan
 from .post_ln import post_ln
 from .recurrent_radius import recurrent_radius
@@ -15,5 +16,6 @@ BUILTIN_RULES: tuple = (
     transposed_conv_checkerboard,
     recurrent_radius,
     symmetric_init,
+    cloned_layer_init,
     post_ln,
 )
