@@ -43,6 +43,29 @@ MODELS = textwrap.dedent('''\
 FC1_LINE = 14  # `x = torch.relu(self.fc1(x))`
 FC2_LINE = 15  # `return self.fc2(x)`
 
+# A real defect for the built-in rules: IL102 depthwise-fan, a depthwise conv initialized with PyTorch's fan-out
+# (which ignores `groups`). `DepthwiseBlock(mode='fan_in')` is the clean version.
+REAL_MODELS = textwrap.dedent('''\
+    import torch
+    from torch import nn
+
+
+    class DepthwiseBlock(nn.Module):
+        def __init__(self, mode="fan_out"):
+            super().__init__()
+            self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False)
+            self.pw = nn.Conv2d(32, 32, 1)
+            nn.init.kaiming_normal_(self.dw.weight, mode=mode, nonlinearity="relu")
+
+        def forward(self, x):
+            return self.pw(torch.relu(self.dw(x)))
+''')
+DW_LINE = 13  # `return self.pw(torch.relu(self.dw(x)))`
+REAL_PYPROJECT = textwrap.dedent('''\
+    [tool.initlint]
+    targets = ["models.py:DepthwiseBlock", {target = "models.py:DepthwiseBlock(mode='fan_in')", name = "clean-block"}]
+''')
+
 PYPROJECT = textwrap.dedent('''\
     [tool.initlint]
     targets = ["models.py:Bad", "models.py:Good"]
