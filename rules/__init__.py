@@ -6,6 +6,7 @@ registered exactly as third-party ones are.
 
 from .cloned_layer_init import cloned_layer_init
 from .depthwise_fan import depthwise_fan
+from .non_inverted_dropout import non_inverted_dropout
 from .post_ln import post_ln
 from .recurrent_radius import recurrent_radius
 from .symmetric_init import symmetric_init
@@ -18,4 +19,5 @@ BUILTIN_RULES: tuple = (
     symmetric_init,
     cloned_layer_init,
     post_ln,
+    non_inverted_dropout,
 )
