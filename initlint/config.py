@@ -53,6 +53,7 @@ class TargetConfig:
     select: tuple[str, ...] | None = None
     ignore: tuple[str, ...] = ()
     capture: str | None = None
+    from_file: bool = False  # written in the config file: file paths are relative to the file's folder
 
 
 @dataclass(frozen=True)
@@ -278,7 +279,7 @@ def _targets(ctx: _Ctx, key: str, value: Any) -> tuple[TargetConfig, ...]:
         here = f"{key}[{i}]"
         if not isinstance(item, dict):
             text = _target_string(ctx, key, item)
-            out.append(TargetConfig(text, text))
+            out.append(TargetConfig(text, text, from_file=True))
             continue
         entry = _table(ctx, key, item, '{target = "pkg.mod:Net", input-shape = [[2, 3, 32, 32]]}')
         values = _check_keys(ctx, here, entry, _TARGET_KEYS)
@@ -287,6 +288,7 @@ def _targets(ctx: _Ctx, key: str, value: Any) -> tuple[TargetConfig, ...]:
         out.append(TargetConfig(
             values["target"], values.get("name", values["target"]), values.get("input-shape"),
             values.get("input-dtype", ()), values.get("select"), values.get("ignore", ()), values.get("capture"),
+            from_file=True,
         ))
     names = [t.name for t in out]
     for n in names:

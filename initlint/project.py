@@ -16,26 +16,21 @@ from .report import Report, TargetReport
 from .suppress import Outcome, apply, read_baseline
 
 
-def lint_target(config: Config, t: TargetConfig, *, from_file: bool = True) -> TargetReport:
+def lint_target(config: Config, t: TargetConfig) -> TargetReport:
     """Lint one target with the project's options merged under its own; reported under ``t.name``."""
     from .api import lint
 
-    text = _resolve(t.target, config.root) if from_file else t.target
+    text = _resolve(t.target, config.root) if t.from_file else t.target
     report = lint(text, **config.lint_options(t))
     return dataclasses.replace(report.targets[0], target=t.name)
 
 
 def lint_project(config: Config, targets: Sequence[str] = (), *, use_baseline: bool = True) -> Outcome:
     """Lint ``targets`` (strings from the command line) or, when none are given, every configured target."""
-    chosen = [(config.target(text), text in _names(config)) for text in targets] or [
-        (t, True) for t in config.targets]
-    report = Report(tuple(lint_target(config, t, from_file=from_file) for t, from_file in chosen))
+    chosen = [config.target(text) for text in targets] or list(config.targets)
+    report = Report(tuple(lint_target(config, t) for t in chosen))
     baseline = read_baseline(config.baseline) if use_baseline and config.baseline is not None else None
     return apply(report, root=config.root, per_file_ignores=config.per_file_ignores, baseline=baseline)
-
-
-def _names(config: Config) -> set[str]:
-    return {n for t in config.targets for n in (t.target, t.name)}
 
 
 def _resolve(target: str, root: Path) -> str:

@@ -169,3 +169,17 @@ def test_config_option_reads_a_standalone_file_and_paths_resolve_from_it(tmp_pat
     assert [(t["target"], t["error"]) for t in data["targets"]] == [("models.py:Bad", None), ("models.py:Good", None)]
     assert main(["--config", "nowhere.toml"]) == 2
     assert "cannot read config file `nowhere.toml`" in capsys.readouterr().err
+
+
+def test_command_line_targets_are_relative_to_the_working_directory(tmp_path, monkeypatch, capsys):
+    use_fake_rules(monkeypatch)
+    write_project(tmp_path)
+    local = "from torch import nn\nclass Local(nn.Module):\n    def forward(self, x):\n        return x * 2\n"
+    write_project(tmp_path / "sub", pyproject="", models=local)  # sub/models.py, no config of its own
+    monkeypatch.chdir(tmp_path / "sub")
+    # models.py here is sub/models.py, even with the project's config (and --input-shape) in force
+    assert main(["models.py:Local", "--input-shape", "2,32", "--format", "json"]) == 0  # IL902 (info) only
+    data = json.loads(capsys.readouterr().out)
+    assert [(t["target"], t["error"]) for t in data["targets"]] == [("models.py:Local", None)]
+    assert main(["--format", "json"]) == 1  # the configured targets, relative to the config file
+    assert [t["error"] for t in json.loads(capsys.readouterr().out)["targets"]] == [None, None]

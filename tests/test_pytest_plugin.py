@@ -77,6 +77,13 @@ def test_testpaths_do_not_hide_the_models_but_explicit_paths_are_respected(proje
     project.runpytest().assert_outcomes(passed=1)  # flag off: no model items
 
 
+def test_another_config_file(project):
+    project.makefile(".toml", initlint='targets = [{target = "models.py:DepthwiseBlock(mode=\'fan_in\')", name = "x"}]')
+    result = project.runpytest("--initlint", "--initlint-config", "initlint.toml", "initlint.toml", "-v")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["initlint.toml::x PASSED*"])
+
+
 def test_the_fixture(project):
     project.makepyfile(test_models=textwrap.dedent('''\
         import torch
