@@ -123,6 +123,10 @@ def depthwise_fan(op: Op, graph: ModelGraph) -> Issue | None:
         f"`{op.module or w.name}` (groups={g}) has weight variance {sig(variance)}, what `{call}` gives {how}: "
         f"the variance is {sig(factor)}x smaller than that init intends"
     )
+    alias = next((h for h in matches if h[0] != init), None)
+    if alias is not None:
+        message += (f" ({sig(alias[3] / alias[2])}x for `xavier_{family}_({_gain(alias[1])})`, which gives the same "
+                    f"variance here)")
     std = math.sqrt(intended)
     fix_code = f'nn.init.normal_(model.get_parameter("{w.name}"), mean=0.0, std={sig(std)})\n'
     if init == "kaiming":

@@ -124,7 +124,7 @@ def non_inverted_dropout(op: Op, graph: ModelGraph) -> Issue | None:
         total *= m.keep * m.scale if m.keep is not None else 1.0
     if len(chain) > 1 and all(m.keep is not None for m in chain):
         before_it = len(chain) - 1
-        message += (f"; with the {before_it} such mask{'s' if before_it > 1 else ''} before it, the mean is "
+        message += (f"; with {before_it} such mask{'s' if before_it > 1 else ''} before it, the mean is "
                     f"x{sig(total)} here")
     p = 1.0 - keep
     fix = Fix(

@@ -97,7 +97,12 @@ def symmetric_init(op: Op, graph: ModelGraph) -> Issue | None:
 
     name = op.module or w.name
     feeds = ", ".join(f"`{s.module or s.name}`" for s in following[:3]) + (" ..." if len(following) > 3 else "")
-    who = f"its {units} units" if groups == 1 else f"the {per_group} units of each of its {groups} groups"
+    if groups == 1:
+        who = f"its {units} units"
+    elif per_group == 1:
+        who = f"its {units} channels (one per group)"
+    else:
+        who = f"the {per_group} units of each of its {groups} groups"
     if w.zero:
         fact = f"`{w.name}` is all zeros and `{name}` feeds {feeds}"
         if bias_tied:

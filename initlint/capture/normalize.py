@@ -15,6 +15,7 @@ in the coverage; it is never fatal.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 from collections.abc import Callable, Sequence
@@ -859,7 +860,18 @@ def function_spec(call: Call) -> OpSpec | None:
     bad = [r for r in spec.inputs if not isinstance(r, Ref)]
     if bad:  # an operand we expected to be a tensor was not one: no semantics
         return OpSpec(OpKind.UNKNOWN, tuple(r for r in call.refs() if not r.is_param))
-    return spec
+    return _keep_trainable(spec, call)
+
+
+def _keep_trainable(spec: OpSpec, call: Call) -> OpSpec:
+    """Weight statistics that a handler rebuilt from a parameter operand's detached view keep the operand's
+    ``trainable``: without this, every weight of an exported graph read as frozen."""
+    trainable = {r.op.weight.name for r in call.refs()
+                 if r.is_param and r.op.weight is not None and r.op.weight.trainable}
+    changes = {attr: dataclasses.replace(stats, trainable=True)
+               for attr, stats in (("weight", spec.weight), ("bias", spec.bias))
+               if stats is not None and not stats.trainable and stats.name in trainable}
+    return dataclasses.replace(spec, **changes) if changes else spec
 
 
 def flatten_refs(value: Any) -> list[Ref]:
