@@ -102,8 +102,8 @@ def post_ln(graph: ModelGraph) -> Issue | None:
     factor = 1.0 / math.sqrt(depth)
     alpha, beta = (2 * depth) ** 0.25, (8 * depth) ** -0.25
     message = (
-        f"{depth} Post-LN layer{'s' if depth > 1 else ''} ({where}): {len(post)} residual adds each feed only a "
-        f"`{norm}`, so the last layer's gradient at init does not shrink with depth; Pre-LN's would be "
+        f"{depth} Post-LN layer{'s' if depth > 1 else ''} ({where}): {len(post)} residual adds each feed only "
+        f"{'an' if norm == 'RMSNorm' else 'a'} `{norm}`, so the last layer's gradient at init does not shrink with depth; Pre-LN's would be "
         f"1/sqrt({depth}) = {sig(factor, 2)} of it with branches as strong as their input"
     )
     fix = Fix(
