@@ -16,6 +16,13 @@ MIN_FACTOR = 2.0
 # How closely the weight variance must match an initializer's, in |log(variance ratio)|: 3.5 standard
 # errors of a normal sample's variance (sqrt(2/n) relative), plus 5% for uniform/truncated draws.
 SIGMAS, SLACK = 3.5, 0.05
+# The groups-blind initializers looked for, by the nonlinearity their gain is for: Kaiming fan-out as
+# torchvision's MobileNet, EfficientNet and ResNeXt call it (relu), Xavier with gain 1 or a gain for relu or
+# tanh. Rarer gains (selu, a=sqrt(5)) would make chance coincidences with other inits more likely.
+GROUPS_BLIND = ("relu", "linear", "tanh")
+# Fixed standard deviations common enough that a variance matching one is no evidence of a fan mistake:
+# N(0, 0.02) is BERT's, GPT-2's, DCGAN's and ConvNeXt's init, N(0, 0.01) MobileNet's classifier's.
+FIXED_STDS = (0.02, 0.01)
 
 
 @rule("IL102", "depthwise-fan", applies_to={OpKind.CONV}, severity=Severity.WARNING)
@@ -31,9 +38,12 @@ def depthwise_fan(op: Op, graph: ModelGraph) -> Issue | None:
     `in_channels / g * kernel_size` already counts one group.
 
     The rule matches the weight variance against those initializers for the usual gains (relu, linear,
-    tanh, selu, PyTorch's default `a=sqrt(5)`) and reports only when the match is unambiguous: a variance that
-    an initializer with the right fans would also give (a 6-channel depthwise conv, say, where the two can
-    coincide) is not reported.
+    tanh) and reports only when the match is unambiguous: a variance that an initializer with the right fans
+    would also give (a 6-channel depthwise conv, say, where the two can coincide), or that a fixed
+    N(0, 0.02) or N(0, 0.01) gives (BERT's, GPT-2's and ConvNeXt's init: a 7x7 depthwise conv with 96
+    channels under `kaiming_normal_(mode="fan_out")` has std 0.0206), is not reported. For large group
+    counts Kaiming fan-out with gain sqrt(2) and Xavier with gain 1 give nearly the same variance; the
+    message then names both, with their factors.
 
     ## Why is this bad?
     The weights are off by the group count. Measured for a depthwise conv with C = 256 channels and a 3x3
@@ -96,9 +106,11 @@ def depthwise_fan(op: Op, graph: ModelGraph) -> Issue | None:
     # What each initializer gives (and would give with the group-corrected fan-out), per gain.
     wrong, right = [], []
     for nonlinearity, g2 in GAINS_SQUARED:
-        wrong.append(("kaiming", nonlinearity, g2 / fan_out, g2 / true_out))
-        wrong.append(("xavier", nonlinearity, 2 * g2 / (fan_in + fan_out), 2 * g2 / (fan_in + true_out)))
+        if nonlinearity in GROUPS_BLIND:
+            wrong.append(("kaiming", nonlinearity, g2 / fan_out, g2 / true_out))
+            wrong.append(("xavier", nonlinearity, 2 * g2 / (fan_in + fan_out), 2 * g2 / (fan_in + true_out)))
         right += [g2 / fan_in, g2 / true_out, 2 * g2 / (fan_in + true_out)]
+    right += [std**2 for std in FIXED_STDS]
     matches = sorted((h for h in wrong if close(h[2]) <= tolerance), key=lambda h: close(h[2]))
     if not matches or any(close(v) <= tolerance for v in right):
         return None

@@ -121,6 +121,16 @@ def test_near_misses_ungrouped_convs_small_factors_and_ambiguous_variances():
     assert findings(six, x) == []
 
 
+def test_fixed_std_inits_that_happen_to_match_are_not_reported():
+    """ConvNeXt's 7x7 depthwise convs with N(0, 0.02): at 96 channels that is kaiming fan-out's std (0.0206),
+    at 192 channels Xavier's with a relu gain (0.0206); neither is evidence of a fan mistake."""
+    for channels in (48, 96, 192):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(channels, channels, 7, padding=3, groups=channels), nn.LayerNorm([8, 8]))
+        nn.init.normal_(model[0].weight, std=0.02)
+        assert findings(model, torch.randn(1, channels, 8, 8)) == [], channels
+
+
 def test_grouped_not_depthwise_conv_is_off_by_the_group_count():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(128, 128, 3, padding=1, groups=8, bias=False), nn.ReLU())
