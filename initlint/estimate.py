@@ -109,8 +109,14 @@ class Ctx:
     training: bool = True
     trainable: frozenset[str] | None = None  # parameter names that take gradients (None: all)
 
+    ests: dict[str, Est] = field(default_factory=dict)  # every op's estimate so far
+
     def rule(self, est: Est) -> Rule:
         return self.rules[est.source]
+
+    def source_est(self, est: Est) -> Est:
+        """The estimate of the op whose grid ``est`` lives on."""
+        return self.ests[est.source]
 
     def same_source(self, ins: Sequence[Est]) -> str | None:
         """The source every operand is a function of, or None."""

@@ -46,6 +46,7 @@ class Rule:
 
     nodes: torch.Tensor
     weights: torch.Tensor
+    gaussian: bool = False  # nodes are the sorted Gaussian grid of ``gaussian(mean, variance)``
 
     def expect(self, values: torch.Tensor) -> float:
         return float((self.weights * values).sum())
@@ -69,7 +70,7 @@ def _standard() -> tuple[torch.Tensor, torch.Tensor]:
 def gaussian(mean: float, variance: float) -> Rule:
     """``N(mean, variance)``."""
     t, w = _standard()
-    return Rule(mean + math.sqrt(max(variance, 0.0)) * t, w)
+    return Rule(mean + math.sqrt(max(variance, 0.0)) * t, w, True)
 
 
 def gamma(mean: float, variance: float) -> Rule:
@@ -115,6 +116,24 @@ def max_of(rule: Rule, values: torch.Tensor, k: int) -> Rule:
     cdf = torch.cumsum(w, 0).clamp(max=1.0)
     below = torch.cat([torch.zeros(1, dtype=DTYPE), cdf[:-1]])
     return Rule(v, cdf**k - below**k)
+
+
+def compress(nodes: torch.Tensor, weights: torch.Tensor, size: int = NODES) -> Rule:
+    """A rule of at most ``size`` nodes with the same distribution: equal-mass quantiles of the sorted nodes."""
+    if nodes.numel() <= size:
+        return Rule(nodes, weights / weights.sum())
+    order = torch.argsort(nodes)
+    v, cdf = nodes[order], torch.cumsum(weights[order], 0) / weights.sum()
+    idx = torch.searchsorted(cdf, (torch.arange(size, dtype=DTYPE) + 0.5) / size).clamp(max=v.numel() - 1)
+    return Rule(v[idx], torch.full((size,), 1.0 / size, dtype=DTYPE))
+
+
+def interpolate(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear ``f(x)`` from samples ``fp`` at increasing ``xp``, constant beyond the ends."""
+    i = torch.searchsorted(xp, x).clamp(1, xp.numel() - 1)
+    x0, x1, f0, f1 = xp[i - 1], xp[i], fp[i - 1], fp[i]
+    t = ((x - x0) / torch.where(x1 > x0, x1 - x0, 1.0)).clamp(0.0, 1.0)
+    return f0 + t * (f1 - f0)
 
 
 # -- activations -------------------------------------------------------------------------------------------
@@ -180,5 +199,5 @@ def activation_gain(params: ActivationParams, x: Moments) -> Gain:
     return Gain(rule.moments(y), rule.second(d))
 
 
-__all__ = ["Rule", "Gain", "gaussian", "gamma", "uniform", "bernoulli", "point", "mixture", "max_of", "activation",
-           "activation_gain", "with_derivative"]
+__all__ = ["Rule", "Gain", "gaussian", "gamma", "uniform", "bernoulli", "point", "mixture", "max_of", "compress",
+           "interpolate", "activation", "activation_gain", "with_derivative"]

@@ -71,7 +71,7 @@ def predict(graph: ModelGraph, inputs: Any = None, *, model: nn.Module | None = 
     fallback for ops with no transfer function."""
     ctx = Ctx(graph, {}, causal=_causal(graph, model), trainable=_trainable_names(model))
     tensors = _input_tensors(graph, inputs)
-    ests: dict[str, Est] = {}
+    ests = ctx.ests
     steps: dict[str, Step] = {}
     fallback: list[str] = []
     for op in graph:

@@ -32,7 +32,7 @@ import torch
 from .elementwise import base_name
 from .estimate import Ctx, Est, Factor, Step, numel
 from .fans import conv_fans
-from .gains import DTYPE, NODES, Rule, bernoulli, gamma, gaussian, max_of, mixture, point, uniform
+from .gains import DTYPE, NODES, Rule, bernoulli, compress, gamma, gaussian, interpolate, max_of, mixture, point, uniform
 from .ops import NormKind, Op, OpKind, PoolKind, RandomDist, Reduction
 from .softmax import softmax_stats
 
@@ -92,12 +92,14 @@ def _embedding(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
 # -- weight layers -----------------------------------------------------------------------------------------
 
 
-def _affine(op: Op, x: Est, fan_in: float, fan_out: float, channels_first: bool = False) -> Step:
+def _affine(op: Op, x: Est, fan_in: float, fan_out: float, channels_first: bool = False, phases: float = 1) -> Step:
+    """``phases``: output positions with different taps (a transposed conv's ``s^D``); each sees its own
+    offset, and only their average is a per-channel mean."""
     w, b = op.weight, op.bias
     w2, mw, vw = w.second_moment, w.mean, w.variance
     second = fan_in * w2 * x.second + fan_in * (fan_in - 1) * mw * mw * x.mean * x.mean
     mean = fan_in * mw * x.mean
-    unit = fan_in * (w2 * x.unit + vw * x.mean * x.mean)
+    unit = fan_in * (w2 * x.unit + vw * x.mean * x.mean) / phases
     if b is not None:
         second += b.second_moment + 2 * b.mean * mean
         mean += b.mean
@@ -115,8 +117,10 @@ def _linear(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
 def _conv(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
     if op.weight is None:
         return None
-    fans = conv_fans(op.params, ins[0].shape, op.shape) or (op.weight.fan_in, op.weight.fan_out)
-    return _affine(op, ins[0], *fans, channels_first=True)
+    p = op.params
+    fans = conv_fans(p, ins[0].shape, op.shape) or (op.weight.fan_in, op.weight.fan_out)
+    phases = math.prod(p.stride) ** (1 if len(p.stride) == p.dims else p.dims) if p.transposed else 1
+    return _affine(op, ins[0], *fans, channels_first=True, phases=phases)
 
 
 def _norm_count(op: Op, x: Est) -> int:
@@ -149,6 +153,8 @@ def _norm(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
     else:
         count = max(_norm_count(op, x), 1)
         var = x.second if p.kind is NormKind.RMS else x.variance
+        if p.kind in (NormKind.BATCH, NormKind.INSTANCE):  # per-channel means are removed, not normalized
+            var = max(var - x.unit, 0.0)
         z2 = var / (var + p.eps) if var > 0 else 0.0
         zm = x.mean / math.sqrt(var + p.eps) if p.kind is NormKind.RMS else 0.0
         lost = 1.0 if p.kind is NormKind.RMS else 2.0  # directions the normalization removes
@@ -234,13 +240,15 @@ def _concat(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
 
 
 def _window(op: Op, x: Est) -> int:
+    """Elements per pooling window (an int kernel size stands for every spatial dimension)."""
     p = op.params
+    given = p.output_size if p.kind in (PoolKind.ADAPTIVE_AVG, PoolKind.ADAPTIVE_MAX) else p.kernel_size
+    dims = len(given) if len(given) > 1 else max(x.rank - 2, 1)
     if p.kind in (PoolKind.ADAPTIVE_AVG, PoolKind.ADAPTIVE_MAX):
-        dims = len(p.output_size) or 2
         if not x.shape or not op.shape:
             return 1
         return max(1, math.prod(math.ceil(a / max(b, 1)) for a, b in zip(x.shape[-dims:], op.shape[-dims:])))
-    return max(1, math.prod(p.kernel_size))
+    return max(1, math.prod(p.kernel_size) if len(p.kernel_size) > 1 else p.kernel_size[0] ** dims)
 
 
 def _pool(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
@@ -248,11 +256,28 @@ def _pool(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
     k = _window(op, x)
     ratio = op.numel / x.numel if op.numel and x.numel else 1.0 / k
     if kind in (PoolKind.MAX, PoolKind.ADAPTIVE_MAX):
-        rule = max_of(ctx.rule(x), x.values, k)
+        rule = _max_within_units(ctx, x, k) or max_of(ctx.rule(x), x.values, k)
         m = rule.moments(rule.nodes)
         return Step(m.second, m.mean, x.unit, rule=rule, grads=(Factor(ratio),), channels_first=True)
     u = min(x.unit, x.variance)
     return Step(x.mean**2 + u + (x.variance - u) / k, x.mean, u, grads=(Factor(ratio / k),), channels_first=True)
+
+
+def _max_within_units(ctx: Ctx, x: Est, k: int) -> Rule | None:
+    """The largest of ``k`` values of one unit (a pooling window of one channel), for a monotone function
+    ``f`` of a Gaussian source ``z = c + e``: the unit's offset ``c`` is shared, so the window's largest value
+    is ``f(c + max_k e)``, not the largest of ``k`` independent draws."""
+    src = ctx.rules[x.source]
+    u, var = ctx.source_est(x).unit, ctx.source_est(x).variance
+    if not src.gaussian or u <= 0 or var <= u or bool((x.values[1:] < x.values[:-1] - 1e-12).any()):
+        return None
+    mean = ctx.source_est(x).mean
+    within = max_of(gaussian(0.0, var - u), gaussian(0.0, var - u).nodes, k)
+    coarse = compress(within.nodes, within.weights, 64)
+    offset = compress(gaussian(mean, u).nodes, gaussian(mean, u).weights, 64)
+    z = (offset.nodes[:, None] + coarse.nodes[None, :]).reshape(-1)
+    w = (offset.weights[:, None] * coarse.weights[None, :]).reshape(-1)
+    return compress(interpolate(z, src.nodes, x.values), w)
 
 
 def _over_units(op: Op, x: Est) -> bool:

@@ -1,0 +1,283 @@
+"""One forward and one backward pass that measures, per op, what the variance engine predicts.
+
+The captured program is run again with a probe after every node that stands for an op: the probe reduces the
+op's output to its second moment, mean and ``max |x|`` (two reductions, no copy kept) and hooks the tensor so
+the backward pass reduces its gradient the same way. Activations are freed as in any training step, so the
+memory is about that of one forward and backward pass.
+
+Conventions, the same as the predictions': training mode (modules are put in ``train()``; an exported program
+keeps the mode it was captured in), inputs as given, and the loss ``L = sum_i <y_i, r_i>`` over the float
+outputs with ``r_i ~ N(0, 1)`` drawn from a generator seeded with ``LOSS_SEED + seed``. The gradient is taken with
+``torch.autograd.grad`` with respect to the inputs and the parameters, so no ``.grad`` is written; everything
+else a pass can change (modes, BatchNorm running statistics, random number generators) is restored by
+:func:`initlint.state.preserved`. With ``device`` other than the model's, a deep copy runs there.
+
+>>> import torch
+>>> from torch import nn
+>>> from initlint.capture import capture_program
+>>> from initlint.load import from_instance
+>>> _ = torch.manual_seed(0)
+>>> graph, program = capture_program(from_instance(nn.Sequential(nn.Linear(256, 256), nn.ReLU()),
+...                                                torch.randn(64, 256)))
+>>> s = measure(graph, program)["_1"]
+>>> round(s.forward.second, 2), round(s.backward.second, 1)  # 1/3 then 1/2 forward; backward: unit loss
+(0.17, 1.0)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from .capture.program import Program
+from .elementwise import SPLITS, base_name
+from .errors import UsageError
+from .graph import ModelGraph, Moments, Signal
+from .inputs import ExampleInputs
+from .ops import Capture, OpKind
+from .state import preserved
+
+DEVICES = ("auto", "cpu", "cuda")
+LOSS_SEED = 0x1D5EED  # offset of the loss targets' generator from ``seed``
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available", help="use --device cpu or auto")
+    if device not in DEVICES:
+        raise UsageError(f"unknown device `{device}`", help="use auto, cpu or cuda")
+    return torch.device(device)
+
+
+class Recorder:
+    """Collects per-op statistics as small device tensors, read back once at the end."""
+
+    def __init__(self, graph: ModelGraph):
+        self.names = list(graph.ops)
+        self.index = {n: i for i, n in enumerate(self.names)}
+        self.no_backward = {self.index[op.name] for op in graph if base_name(op.target) in SPLITS}
+        self.fwd: list[tuple[int, torch.Tensor]] = []
+        self.bwd: list[tuple[int, torch.Tensor]] = []
+        self.handles: list[Any] = []  # hooks on leaf tensors (inputs, parameters), removed at the end
+
+    def probe(self, value: Any, idx: int) -> None:
+        t = _first_tensor(value)
+        if t is None or t.numel() == 0 or t.is_complex():
+            return
+        x = t.detach()
+        x = x.float() if x.dtype in (torch.float16, torch.bfloat16) or not x.is_floating_point() else x
+        var, mean = torch.var_mean(x, correction=0)
+        self.fwd.append((idx, torch.stack([var + mean * mean, mean, torch.linalg.vector_norm(x, float("inf"))])))
+        if t.requires_grad and idx not in self.no_backward:
+            handle = t.register_hook(functools.partial(self._grad, idx))
+            if t.grad_fn is None:
+                self.handles.append(handle)
+
+    def _grad(self, idx: int, g: torch.Tensor) -> None:
+        g = g.detach()
+        g = g.float() if g.dtype in (torch.float16, torch.bfloat16) else g
+        var, mean = torch.var_mean(g, correction=0)
+        self.bwd.append((idx, torch.stack([var + mean * mean, mean])))
+
+    def signals(self) -> dict[str, Signal]:
+        fwd = _readback(self.fwd)
+        bwd = _readback(self.bwd)
+        out = {}
+        for idx, (second, mean, peak) in fwd.items():
+            b = bwd.get(idx)
+            out[self.names[idx]] = Signal(Moments(second, mean), None if b is None else Moments(b[0], b[1]), peak)
+        return out
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+
+def _readback(items: list[tuple[int, torch.Tensor]]) -> dict[int, list[float]]:
+    if not items:
+        return {}
+    values = torch.stack([t.to(torch.float64) for _, t in items]).cpu().tolist()
+    out: dict[int, list[float]] = {}
+    for (idx, _), v in zip(items, values):
+        out.setdefault(idx, v)  # the first call of a node that ran twice
+    return out
+
+
+def measure(graph: ModelGraph, program: Program, device: str = "auto", seed: int = 0) -> Mapping[str, Signal]:
+    """Measured :class:`~initlint.graph.Signal` per op name, for every op the pass could observe."""
+    dev = resolve_device(device)
+    model = program.model
+    rec = Recorder(graph)
+    with preserved(model), torch.enable_grad(), _quiet():
+        torch.manual_seed(seed)
+        try:
+            _run(graph, program, rec, dev, seed)
+        finally:
+            rec.close()
+    return rec.signals()
+
+
+def _run(graph: ModelGraph, program: Program, rec: Recorder, dev: torch.device, seed: int) -> None:
+    model = program.model
+    here = _device_of(model)
+    moved = dev != here
+    args, kwargs = program.call_args()
+    args, kwargs = pytree.tree_map(functools.partial(_prepare, dev), (args, kwargs))
+    inputs = _inputs(graph, program, args, kwargs)
+    if program.capture is Capture.HOOKS:
+        target = copy.deepcopy(model).to(dev) if moved else model
+        target.train()
+        runner = functools.partial(_hooks_forward, target, graph, rec)
+    else:
+        module = program.module()
+        if program.capture is Capture.FX:
+            model.train()
+        module = _instrument(module, graph, rec, program.prefix)
+        if program.capture is Capture.FX:
+            module.train()
+        target = copy.deepcopy(module).to(dev) if moved else module
+        runner = target
+    for name, t in inputs.items():
+        rec.probe(t, rec.index[name])
+    out = runner(*args, **kwargs)
+    outs = [t for t in _flat(out) if t.is_floating_point() and t.requires_grad]
+    leaves = [t for t in inputs.values() if t.requires_grad]
+    seen = {id(t) for t in leaves}
+    for p in target.parameters():
+        if p.requires_grad and id(p) not in seen:
+            leaves.append(p)
+            seen.add(id(p))
+    if not outs or not leaves:
+        return
+    gen = torch.Generator().manual_seed(LOSS_SEED + seed)  # not 0: r must not replay a seed-0 input draw
+    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=torch.float32).to(o.device, o.dtype)).sum()
+               for o in outs)
+    del out, outs
+    torch.autograd.grad(loss, leaves, allow_unused=True)
+
+
+def _prepare(dev: torch.device, v: Any) -> Any:
+    """Inputs on the device; float ones as fresh leaves requiring grad, so gradients reach the input."""
+    if not isinstance(v, torch.Tensor):
+        return v
+    v = v.detach().to(dev)
+    return v.clone().requires_grad_(True) if v.is_floating_point() else v
+
+
+def _inputs(graph: ModelGraph, program: Program, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
+    from .propagate import _input_tensors
+
+    return _input_tensors(graph, ExampleInputs(tuple(args), dict(kwargs)))
+
+
+def _instrument(gm: torch.fx.GraphModule, graph: ModelGraph, rec: Recorder, prefix: str) -> torch.fx.GraphModule:
+    """A copy of ``gm`` (sharing its modules and parameters) with a probe after every node that is an op."""
+    g = copy.deepcopy(gm.graph)
+    params = {op.weight.name: op.name for op in graph.of_kind(OpKind.PARAM) if op.weight is not None}
+    for node in list(g.nodes):
+        if node.op == "get_attr":
+            target = str(node.target)
+            name = params.get(target) or params.get(target[len(prefix):] if target.startswith(prefix) else "")
+        elif node.op in ("call_function", "call_method", "call_module"):
+            name = node.name if node.name in rec.index else None
+        else:
+            name = None
+        if name is None:
+            continue
+        with g.inserting_after(node):
+            g.call_function(rec.probe, (node, rec.index[name]))
+    return torch.fx.GraphModule(gm, g, type(gm).__name__)
+
+
+def _hooks_forward(model: nn.Module, graph: ModelGraph, rec: Recorder, *args, **kwargs):
+    """The model run with forward hooks on the leaves, naming calls as the hooks capture did."""
+    from .capture.hooks import _flat as capture_flat
+    from .capture.normalize import is_known_leaf
+
+    taken: set[str] = set()
+    producer: dict[int, weakref.ref] = {}
+
+    def add(name: str) -> str:
+        base, i = name, 1
+        while name in taken:
+            name, i = f"{base}_{i}", i + 1
+        taken.add(name)
+        return name
+
+    for i, t in enumerate(capture_flat(list(args)) + capture_flat(list(kwargs.values()))):
+        add(f"input_{i}")
+        producer[id(t)] = weakref.ref(t)
+    paths = {m: p for p, m in model.named_modules()}
+    leaves = [m for m in model.modules() if not list(m.children()) or is_known_leaf(m)]
+    count = [0]
+
+    def known(t) -> bool:
+        ref = producer.get(id(t))
+        return ref is not None and ref() is t
+
+    def hook(module, hargs, output):
+        for t in capture_flat(hargs):
+            if not known(t):
+                count[0] += 1
+                name = add(f"functional_{count[0]}")
+                producer[id(t)] = weakref.ref(t)
+                if name in rec.index:
+                    rec.probe(t, rec.index[name])
+        name = add(paths.get(module, "").replace(".", "_") or "root")
+        if name in rec.index:
+            rec.probe(output, rec.index[name])
+        for t in capture_flat(output):
+            producer[id(t)] = weakref.ref(t)
+
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        return model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for t in list(model.parameters()) + list(model.buffers()):
+        if not t.is_meta:
+            return t.device
+    return torch.device("cpu")
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    return None
+
+
+def _flat(value: Any) -> list[torch.Tensor]:
+    return [t for t in pytree.tree_leaves(value) if isinstance(t, torch.Tensor)] if not hasattr(value, "to_tuple") \
+        else [t for t in pytree.tree_leaves(value.to_tuple()) if isinstance(t, torch.Tensor)]
+
+
+@contextlib.contextmanager
+def _quiet():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+__all__ = ["measure", "resolve_device", "Recorder", "DEVICES"]
