@@ -125,15 +125,15 @@ def depthwise_fan(op: Op, graph: ModelGraph) -> Issue | None:
     taps = p.taps
     if init == "kaiming":
         call = f'kaiming_{family}_(mode="fan_out"{_nl(nonlinearity)})'
-        how = (f"with PyTorch's fan-out {fan_out} (= {p.out_channels}*{taps}), which counts the outputs of all "
-               f"{g} groups where one group's fan-out is {_n(true_out)}")
+        how = (f"with PyTorch's fan-out {fan_out} (= {p.out_channels}*{taps}), which counts all {g} groups' outputs "
+               f"where one group's fan-out is {_n(true_out)}")
     else:
         call = f"xavier_{family}_({_gain(nonlinearity)})"
-        how = (f"with PyTorch's fans ({fan_in}, {fan_out}), whose fan-out counts the outputs of all {g} groups "
+        how = (f"with PyTorch's fans ({fan_in}, {fan_out}), whose fan-out counts all {g} groups' outputs "
                f"where one group's fans are ({fan_in}, {_n(true_out)})")
     message = (
-        f"`{op.module or w.name}` (groups={g}) has weight variance {sig(variance)}, what `{call}` gives {how}: "
-        f"the variance is {sig(factor)}x smaller than that init intends"
+        f"`{op.module or w.name}` (groups={g}) has weight variance {sig(variance)}, as `{call}` gives {how}: "
+        f"{sig(factor)}x smaller than that init intends"
     )
     alias = next((h for h in matches if h[0] != init), None)
     if alias is not None:

@@ -49,10 +49,9 @@ def test_kaiming_fan_out_on_a_depthwise_conv_is_c_times_too_small():
     assert abs(variance / (2 / 576) - 1) < SAMPLE_SIGMAS * math.sqrt(2 / w.numel())
     assert f.severity is Severity.WARNING  # a ReLU follows, no norm
     assert f.message == (
-        f"`0` (groups=64) has weight variance {sig(variance)}, what `kaiming_normal_(mode=\"fan_out\")` gives "
-        "with PyTorch's fan-out 576 (= 64*9), which counts the outputs of all 64 groups where one group's "
-        "fan-out is 9: the variance is 64x smaller than that init intends (32.5x for `xavier_normal_()`, which "
-        "gives the same variance here)"
+        f"`0` (groups=64) has weight variance {sig(variance)}, as `kaiming_normal_(mode=\"fan_out\")` gives "
+        "with PyTorch's fan-out 576 (= 64*9), which counts all 64 groups' outputs where one group's fan-out is 9: "
+        "64x smaller than that init intends (32.5x for `xavier_normal_()`, which gives the same variance here)"
     )  # 2/576 and 2/585 are 1.5% apart: a sample of 576 weights cannot tell them apart
     assert f.predicted["factor"] == pytest.approx(64.0)
     assert f.predicted["intended_variance"] == pytest.approx(2 / 9)
@@ -88,7 +87,7 @@ def test_claim_3_factors_at_256_channels():
         (f,) = findings(model, x[:, :, :8, :8])
         assert f.predicted["factor"] == pytest.approx(256.0)
         assert f.predicted["torch_fan_out"] == 2304 and f.predicted["true_fan_out"] == 9
-        assert "`kaiming_normal_(mode=\"fan_out\")` gives" in f.message
+        assert "as `kaiming_normal_(mode=\"fan_out\")` gives" in f.message
         assert f.message.endswith("(128x for `xavier_normal_()`, which gives the same variance here)")
         # measured 0.0079 (xavier) and 0.0078 (kaiming) for the output/input variance
         assert f.predicted["forward_gain"] == pytest.approx(0.0078, abs=0.0006)
