@@ -98,7 +98,12 @@ def post_ln(graph: ModelGraph) -> Issue | None:
 
     first_norm, norm = post[0][1], _NORM_NAMES[post[0][2]]
     blocks = list(dict.fromkeys(_block(add.module) for add, _, _, attention in post if attention))
-    where = f"`{blocks[0]}` to `{blocks[-1]}`" if len(blocks) > 1 and all(blocks) else "the model"
+    if len(blocks) > 1 and all(blocks):
+        where = f"`{blocks[0]}` to `{blocks[-1]}`"
+    elif len(blocks) == 1 and blocks[0] and depth > 1:  # one layer applied again and again (ALBERT)
+        where = f"`{blocks[0]}`, applied {depth} times"
+    else:
+        where = "the model"
     factor = 1.0 / math.sqrt(depth)
     alpha, beta = (2 * depth) ** 0.25, (8 * depth) ** -0.25
     message = (

@@ -88,3 +88,19 @@ def test_near_misses_pre_ln_by_hand_and_post_norm_without_attention():
     assert findings(HandWritten(post=False), torch.randn(2, 5, 16)) == []
     # norm(x + mlp(x)) with no attention anywhere: a post-norm MLP, not a Post-LN transformer
     assert findings(HandWritten(post=True, attention=False), torch.randn(2, 5, 16)) == []
+
+
+def test_one_post_ln_layer_applied_repeatedly_counts_each_application():
+    class Shared(nn.Module):  # ALBERT-style: one layer, its weights shared across depth
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+
+        def forward(self, x):
+            for _ in range(3):
+                x = self.layer(x)
+            return x
+
+    torch.manual_seed(0)
+    (f,) = findings(Shared(), torch.randn(2, 8, 32))
+    assert f.message.startswith("3 Post-LN layers (`layer`, applied 3 times): 6 residual adds")
