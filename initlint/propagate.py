@@ -76,7 +76,7 @@ def predict(graph: ModelGraph, inputs: Any = None, *, model: nn.Module | None = 
     fallback: list[str] = []
     for op in graph:
         ins = [ests[n] for n in op.inputs]
-        step = _transfer(op, ins, ctx, tensors)
+        step = _transfer(op, ins, ctx, tensors) if not _part_of_fallback(op, fallback) else None
         if step is None:
             fallback.append(op.name)
             step = _fallback(op, ins, (measured or {}).get(op.name))
@@ -101,11 +101,17 @@ def _transfer(op: Op, ins: list[Est], ctx: Ctx, tensors: dict[str, torch.Tensor]
         raise type(exc)(f"while propagating op `{op.name}` ({op.target}): {exc}") from exc
 
 
+def _part_of_fallback(op: Op, fallback: list[str]) -> bool:
+    """An element taken out of the tuple an unknown op returned is as unknown as the op."""
+    return op.target.endswith("getitem") and bool(op.inputs) and op.inputs[0] in fallback
+
+
 def _input(op: Op, tensor: torch.Tensor | None) -> Step:
     if tensor is None:
         return Step(1.0, 0.0, rule=gaussian(0.0, 1.0))
     t = tensor.detach().to("cpu", DTYPE)
-    return Step(float(t.square().mean()), float(t.mean()), rule=transfer.empirical(t))
+    unit = transfer.unit_variance(t, 1 if t.dim() >= 4 else -1) if t.is_floating_point() else 0.0
+    return Step(float(t.square().mean()), float(t.mean()), unit, rule=transfer.empirical(t))
 
 
 def _fallback(op: Op, ins: list[Est], measured: Signal | None) -> Step:

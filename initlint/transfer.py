@@ -51,11 +51,19 @@ def empirical(t: torch.Tensor | None) -> Rule | None:
 # -- sources -----------------------------------------------------------------------------------------------
 
 
+def unit_variance(t: torch.Tensor | None, dim: int = -1) -> float:
+    """Variance across ``dim`` (the units) of the means over every other dimension."""
+    if t is None or t.is_meta or t.numel() == 0 or t.dim() == 0 or t.is_complex():
+        return 0.0
+    means = t.detach().to("cpu", DTYPE).movedim(dim, -1).reshape(-1, t.shape[dim]).mean(0)
+    return float(means.var(unbiased=False)) if means.numel() > 1 else 0.0
+
+
 def _param(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
     w = op.weight
     if w is None:
         return None
-    return Step(w.second_moment, w.mean, rule=empirical(w.tensor))
+    return Step(w.second_moment, w.mean, unit_variance(w.tensor), rule=empirical(w.tensor))
 
 
 def _factory(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
@@ -83,10 +91,22 @@ def _random(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
 
 
 def _embedding(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
+    """The rows the ids pick: with the ids' distribution known (example inputs, position ids, a buffer of
+    zeros for token types) the statistics of exactly those rows, else of the whole table."""
     w = op.weight
     if w is None:
         return None
-    return Step(w.second_moment, w.mean, rule=empirical(w.tensor), grads=(None,) * len(ins))
+    grads = (None,) * len(ins)
+    t = w.tensor
+    if not ins or t is None or t.is_meta or t.dim() != 2:
+        return Step(w.second_moment, w.mean, rule=empirical(t), grads=grads)
+    table = t.detach().to("cpu", DTYPE)
+    rule = ctx.rule(ins[0])
+    ids = ins[0].values.round().long().clamp(0, table.shape[0] - 1)
+    rows = table[ids]  # (nodes, dim)
+    mean_row = (rule.weights[:, None] * rows).sum(0)
+    second = float((rule.weights * rows.square().mean(1)).sum())
+    return Step(second, float(mean_row.mean()), float(mean_row.var(unbiased=False)), grads=grads)
 
 
 # -- weight layers -----------------------------------------------------------------------------------------
