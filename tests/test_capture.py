@@ -159,3 +159,11 @@ def test_graph_is_read_only():
         g.dag.add_edge("a", "b")
     with pytest.raises(TypeError):
         g.ops["x"] = None  # type: ignore[index]
+
+
+def test_failed_export_prints_nothing(capfd):
+    """torch.export dumps whole graphs when it gives up; the notes say why instead."""
+    g = _graph(cm.DataDependent(), torch.randn(2, 4))
+    out, err = capfd.readouterr()
+    assert g.capture is Capture.HOOKS and "GuardOnDataDependentSymNode" in g.notes[1]
+    assert out == "" and err == ""

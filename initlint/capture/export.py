@@ -8,6 +8,10 @@ outputs export cannot flatten (a key/value cache object, say) is wrapped so that
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -41,8 +45,25 @@ def _tensors(value) -> list[torch.Tensor]:
     return []
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """torch.export logs warnings with whole graph dumps when it gives up; the report's notes say why instead."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
+
+
 def export(model: nn.Module, inputs: ExampleInputs) -> tuple[torch.export.ExportedProgram, str]:
     """Export ``model``; returns the program and the prefix added to module paths by a wrapper ('' if none)."""
+    with _quiet():
+        return _export(model, inputs)
+
+
+def _export(model: nn.Module, inputs: ExampleInputs) -> tuple[torch.export.ExportedProgram, str]:
     try:
         return torch.export.export(model, tuple(inputs.args), dict(inputs.kwargs), strict=False), ""
     except Exception as first:
