@@ -23,11 +23,19 @@ _STDLIB_DIR = os.path.dirname(os.__file__) + os.sep
 _FRAME_LINE = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<fn>\S+)')
 
 
+_EXAMPLES_DIR = os.path.join(_OWN_DIR, "examples") + os.sep
+
+
+def _is_own(path: str) -> bool:
+    """initlint's machinery (the bundled example models are user code)."""
+    return path.startswith(_OWN_DIR) and not path.startswith(_EXAMPLES_DIR)
+
+
 def is_user_file(path: str) -> bool:
     """False for torch, initlint itself, the standard library and generated code."""
     if not path or path.startswith("<"):
         return False
-    if path.startswith((_TORCH_DIR, _OWN_DIR)):
+    if path.startswith(_TORCH_DIR) or _is_own(path):
         return False
     if path.startswith(_STDLIB_DIR) and "site-packages" not in path:
         return False
@@ -46,10 +54,16 @@ def display_path(path: str) -> str:
 def user_frame(skip: int = 1) -> Location | None:
     """The innermost frame of the caller's stack that is user code."""
     frame = sys._getframe(skip)
+    left_initlint = False
     while frame is not None:
-        code = frame.f_code
-        if is_user_file(code.co_filename):
-            return Location(display_path(code.co_filename), frame.f_lineno, code.co_name)
+        path = frame.f_code.co_filename
+        if is_user_file(path):
+            return Location(display_path(path), frame.f_lineno, frame.f_code.co_name)
+        if _is_own(path):
+            if left_initlint:  # back in initlint's caller side: the model's code had no user frame
+                return None
+        else:
+            left_initlint = True
         frame = frame.f_back
     return None
 
@@ -62,6 +76,8 @@ def from_stack_trace(text: str | None) -> Location | None:
         path = match.group("file")
         if is_user_file(path):
             return Location(display_path(path), int(match.group("line")), match.group("fn"))
+        if _is_own(path):  # initlint's own frames: outside the model
+            return None
     return None
 
 

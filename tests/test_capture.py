@@ -167,3 +167,18 @@ def test_failed_export_prints_nothing(capfd):
     out, err = capfd.readouterr()
     assert g.capture is Capture.HOOKS and "GuardOnDataDependentSymNode" in g.notes[1]
     assert out == "" and err == ""
+
+
+def test_library_models_point_nowhere_rather_than_at_initlint_or_its_caller():
+    """nn.Sequential's forward is torch's: no user line behind its ops (not the CLI script that called us)."""
+    g = _graph(nn.Sequential(nn.Linear(4, 4), nn.ReLU()), torch.randn(2, 4))
+    assert [op.location for op in g.of_kind(OpKind.LINEAR, OpKind.ACTIVATION)] == [None, None]
+
+
+def test_bundled_examples_are_user_code():
+    from initlint.load import load as load_target
+
+    g = capture(load_target("initlint.examples:HandDropoutMLP"))
+    mul = g.of_kind(OpKind.MUL)[0]
+    assert mul.location.file.endswith(os.path.join("initlint", "examples", "__init__.py"))
+    assert mul.location.function == "forward"
