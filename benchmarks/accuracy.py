@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/accuracy.py [MODEL ...] [--misses N] [--json FILE]
 
-For each architecture of :mod:`benchmarks.suite`: capture, one measurement pass (CPU, seed 0), then the
-static prediction (with the measurement as fallback for ops that have no transfer function, which are not
+For each architecture of :mod:`benchmarks.suite`: capture, three measurement passes (CPU, seeds 0, 1, 2; the
+mean of each measured moment over the three is the reference, since one pass's loss targets make the
+gradient statistics noisy where few independent rows carry them), then the static prediction (with the measurement as fallback for ops that have no transfer function, which are not
 counted). An op's forward prediction is a hit when ``|log2(predicted / measured)| <= 0.585`` for the second
 moment of its output; backward likewise for the gradient at its output. Inputs, parameters used as operands
 and the output are read, not predicted: they are left out of the forward count (their gradients are counted).
@@ -26,12 +27,14 @@ import torch  # noqa: E402
 
 from benchmarks.suite import SUITE  # noqa: E402
 from initlint.capture import capture_program  # noqa: E402
+from initlint.graph import Moments, Signal  # noqa: E402
 from initlint.load import from_instance  # noqa: E402
 from initlint.measure import measure  # noqa: E402
 from initlint.propagate import predict  # noqa: E402
 
 TOLERANCE = 0.585  # |log2 ratio| <= log2(1.5): within a factor 1.5, the issue's criterion
 TINY = 1e-30  # second moments at or below this are zero (a zero-initialized branch)
+SEEDS = (0, 1, 2)  # measurement passes averaged: the loss targets and dropout masks differ between them
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,19 @@ class Miss:
     predicted: float
     measured: float
     log2: float
+
+
+def average(runs: list[dict[str, Signal]]) -> dict[str, Signal]:
+    """Per op, the mean over runs of each measured moment (an op missing from a run is left out)."""
+    out = {}
+    for name in runs[0]:
+        sigs = [r[name] for r in runs if name in r]
+        fwd = Moments(sum(s.forward.second for s in sigs) / len(sigs), sum(s.forward.mean for s in sigs) / len(sigs))
+        backs = [s.backward for s in sigs if s.backward is not None]
+        bwd = Moments(sum(b.second for b in backs) / len(backs), sum(b.mean for b in backs) / len(backs)) \
+            if len(backs) == len(sigs) else None
+        out[name] = Signal(fwd, bwd, max(s.max_abs or 0.0 for s in sigs))
+    return out
 
 
 def log2_ratio(pred: float, meas: float) -> float:
@@ -59,8 +75,8 @@ def evaluate(name: str):
     target = from_instance(model, inputs)
     graph, program = capture_program(target)
     t0 = time.perf_counter()
-    measured = measure(graph, program, "cpu", seed=0)
-    t_measure = time.perf_counter() - t0
+    measured = average([measure(graph, program, "cpu", seed=s) for s in SEEDS])
+    t_measure = (time.perf_counter() - t0) / len(SEEDS)
     t0 = time.perf_counter()
     prediction = predict(graph, target.inputs, model=model, measured=measured)
     t_predict = time.perf_counter() - t0

@@ -227,7 +227,7 @@ def transformer(norm_first: bool, layers: int = 4, d: int = 64, copied: bool = F
         model = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
     else:
         model = Encoder(norm_first, layers, d)
-    return model, torch.randn(4, 32, d, generator=_gen())
+    return model, torch.randn(8, 32, d, generator=_gen())
 
 
 class RNNTagger(nn.Module):
@@ -251,7 +251,7 @@ def rnn(kind: str):
 # -- transformers library -------------------------------------------------------------------------------------
 
 
-def _ids(vocab: int = 100, batch: int = 4, seq: int = 32):
+def _ids(vocab: int = 100, batch: int = 8, seq: int = 32):
     return torch.randint(0, vocab, (batch, seq), generator=_gen())
 
 

@@ -23,16 +23,16 @@ import math
 from .ops import ConvParams
 
 
-def _pairs(n_from: int, n_to: int, k: int, s: int, p: int, d: int) -> int:
-    """Valid (position, tap) pairs where position ``q`` in ``[0, n_from)`` maps to ``q*s - p + t*d`` in
-    ``[0, n_to)``; for a conv ``q`` is an output position, for a transposed conv an input position."""
-    total = 0
+def _counts(n_from: int, n_to: int, k: int, s: int, p: int, d: int) -> list[int]:
+    """Per tap, the positions ``q`` in ``[0, n_from)`` that map to ``q*s - p + t*d`` in ``[0, n_to)``; for a
+    conv ``q`` is an output position, for a transposed conv an input position."""
+    out = []
     for t in range(k):
         off = t * d - p
         lo = max(math.ceil(-off / s), 0)
         hi = min((n_to - 1 - off) // s, n_from - 1)
-        total += max(0, hi - lo + 1)
-    return total
+        out.append(max(0, hi - lo + 1))
+    return out
 
 
 def _padding(params: ConvParams, dims: int) -> tuple[int, ...]:
@@ -46,8 +46,14 @@ def _padding(params: ConvParams, dims: int) -> tuple[int, ...]:
     return pad if len(pad) == dims else pad * dims
 
 
-def conv_fans(params: ConvParams, in_shape, out_shape) -> tuple[float, float] | None:
-    """``(fan_in, fan_out)`` averaged over the positions of this input, or None without shapes."""
+def conv_fans(params: ConvParams, in_shape, out_shape) -> tuple[float, float, float] | None:
+    """``(fan_in, fan_out, offset_fan)`` averaged over the positions of this input, or None without shapes.
+
+    ``offset_fan`` counts how the input's per-channel means reach an output channel's mean over positions:
+    ``in/groups * prod_d sum_t f_t^2``, with ``f_t`` the fraction of output positions where tap ``t`` lands.
+    It is ``fan_in`` in the interior of a conv, less at zero-padded borders and ``fan_in / s^D`` for a
+    transposed conv, whose phases each see their own offset.
+    """
     dims = params.dims
     if not in_shape or not out_shape or len(in_shape) < dims + 1 or len(out_shape) < dims + 1:
         return None
@@ -57,16 +63,16 @@ def conv_fans(params: ConvParams, in_shape, out_shape) -> tuple[float, float] | 
     stride = params.stride if len(params.stride) == dims else params.stride * dims
     dil = params.dilation if len(params.dilation) == dims else params.dilation * dims
     pad = _padding(params, dims)
-    taps_in = taps_out = 1.0
+    taps_in = taps_out = offsets = 1.0
     for a, b, k, s, p, d in zip(n_in, n_out, params.kernel_size, stride, pad, dil):
-        if params.transposed:
-            pairs = _pairs(a, b, k, s, p, d)
-        else:
-            pairs = _pairs(b, a, k, s, p, d)
+        counts = _counts(a, b, k, s, p, d) if params.transposed else _counts(b, a, k, s, p, d)
+        pairs = sum(counts)
         taps_in *= pairs / b
         taps_out *= pairs / a
+        # fraction of output positions each tap reaches (a transposed conv's tap reaches one per input)
+        offsets *= sum((c / b) ** 2 for c in counts)
     g = params.groups
-    return params.in_channels / g * taps_in, params.out_channels / g * taps_out
+    return params.in_channels / g * taps_in, params.out_channels / g * taps_out, params.in_channels / g * offsets
 
 
 __all__ = ["conv_fans"]

@@ -112,14 +112,14 @@ def _embedding(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
 # -- weight layers -----------------------------------------------------------------------------------------
 
 
-def _affine(op: Op, x: Est, fan_in: float, fan_out: float, channels_first: bool = False, phases: float = 1) -> Step:
-    """``phases``: output positions with different taps (a transposed conv's ``s^D``); each sees its own
-    offset, and only their average is a per-channel mean."""
+def _affine(op: Op, x: Est, fan_in: float, fan_out: float, channels_first: bool = False,
+            offset_fan: float | None = None) -> Step:
+    """``offset_fan``: how many input means add up into an output unit's mean (see :func:`conv_fans`)."""
     w, b = op.weight, op.bias
     w2, mw, vw = w.second_moment, w.mean, w.variance
     second = fan_in * w2 * x.second + fan_in * (fan_in - 1) * mw * mw * x.mean * x.mean
     mean = fan_in * mw * x.mean
-    unit = fan_in * (w2 * x.unit + vw * x.mean * x.mean) / phases
+    unit = (fan_in if offset_fan is None else offset_fan) * (w2 * x.unit + vw * x.mean * x.mean)
     if b is not None:
         second += b.second_moment + 2 * b.mean * mean
         mean += b.mean
@@ -137,10 +137,9 @@ def _linear(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
 def _conv(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
     if op.weight is None:
         return None
-    p = op.params
-    fans = conv_fans(p, ins[0].shape, op.shape) or (op.weight.fan_in, op.weight.fan_out)
-    phases = math.prod(p.stride) ** (1 if len(p.stride) == p.dims else p.dims) if p.transposed else 1
-    return _affine(op, ins[0], *fans, channels_first=True, phases=phases)
+    fan_in, fan_out, offset_fan = conv_fans(op.params, ins[0].shape, op.shape) or (
+        op.weight.fan_in, op.weight.fan_out, None)
+    return _affine(op, ins[0], fan_in, fan_out, channels_first=True, offset_fan=offset_fan)
 
 
 def _norm_count(op: Op, x: Est) -> int:
