@@ -29,6 +29,9 @@ from .graph import ModelGraph
 from .ops import Op
 
 
+Rows = tuple[tuple[float, float], ...]  # (fraction of the rows, their second moment), fractions summing to 1
+
+
 @dataclass(frozen=True)
 class Est:
     second: float
@@ -41,6 +44,7 @@ class Est:
     channels_first: bool = False  # the unit dimension is 1 (conv feature maps), else the last one
     requires_grad: bool = False
     floating: bool = True
+    rows: Rows | None = None  # rows of different scale (a CLS token concatenated to patches); None: alike
 
     @property
     def variance(self) -> float:
@@ -94,6 +98,9 @@ class Step:
     rule: Rule | None = field(default=None, repr=False)
     grads: tuple[Grad, ...] = ()
     channels_first: bool | None = None  # None: as the first operand
+    rows: Rows | None = None  # set by ops that make rows differ (concatenation along rows)
+    row_parts: tuple[int, ...] = ()  # concatenation: how many of ``rows`` each operand brought
+    row_gains: tuple[float, ...] = ()  # norm: the backward gain of each of the operand's rows
 
     def gaussian_rule(self) -> Rule:
         return self.rule or gaussian(self.mean, max(self.second - self.mean * self.mean, 0.0))
@@ -142,4 +149,4 @@ def numel(shape: tuple[int, ...] | None) -> int | None:
     return None if shape is None else math.prod(shape)
 
 
-__all__ = ["Est", "Step", "Deriv", "Factor", "Grad", "Ctx", "Transfer", "bcast", "numel"]
+__all__ = ["Est", "Step", "Deriv", "Factor", "Grad", "Ctx", "Transfer", "Rows", "bcast", "numel"]

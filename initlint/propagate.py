@@ -37,10 +37,11 @@ import torch
 from torch import nn
 
 from . import elementwise, recurrent, transfer
+from .backprop import ROWWISE, backward
 from .estimate import Ctx, Deriv, Est, Factor, Step, Transfer
 from .gains import DTYPE, gaussian, point
 from .graph import ModelGraph, Moments, Signal
-from .ops import Op, OpKind
+from .ops import NormKind, Op, OpKind
 
 TABLE: dict[OpKind, Transfer] = {**transfer.TABLE, **elementwise.TABLE, OpKind.RECURRENT: recurrent.transfer}
 _NO_GRAD = frozenset({OpKind.COMPARE, OpKind.RANDOM, OpKind.FACTORY})
@@ -82,7 +83,7 @@ def predict(graph: ModelGraph, inputs: Any = None, *, model: nn.Module | None = 
             step = _fallback(op, ins, (measured or {}).get(op.name))
         steps[op.name] = step
         ests[op.name] = _settle(op, step, ins, ctx, ests)
-    back = _backward(graph, ests, steps, ctx)
+    back = backward(graph, ests, steps, ctx.rules)
     signals = {name: Signal(Moments(max(e.second, 0.0), e.mean), back.get(name)) for name, e in ests.items()}
     return Prediction(signals, tuple(fallback))
 
@@ -159,37 +160,30 @@ def _settle(op: Op, step: Step, ins: list[Est], ctx: Ctx, ests: dict[str, Est]) 
     cf = step.channels_first if step.channels_first is not None else (ins[0].channels_first if ins else False)
     if math.isnan(second) or math.isnan(mean):
         second = mean = float("nan")
-    return Est(second, mean, unit, source, values, slope, op.shape, cf, requires, floating)
+    rows = step.rows if step.rows is not None else _rows(op, ins, second)
+    return Est(second, mean, unit, source, values, slope, op.shape, cf, requires, floating, rows)
 
 
-def _backward(graph: ModelGraph, ests: dict[str, Est], steps: dict[str, Step], ctx: Ctx) -> dict[str, Moments]:
-    """Gradient second moments, from unit gradients at the outputs back to the inputs."""
-    terms: dict[str, dict[object, torch.Tensor | float]] = {}
-    for out in graph.of_kind(OpKind.OUTPUT):
-        for i, name in enumerate(out.inputs):
-            if ests[name].requires_grad:
-                terms.setdefault(name, {})[("loss", out.name, i)] = 1.0
-    back: dict[str, Moments] = {}
-    for op in reversed(list(graph)):
-        mine = terms.pop(op.name, None)
-        est = ests[op.name]
-        if not mine or not est.requires_grad:
-            continue
-        rule = ctx.rules[est.source]
-        g = sum(rule.second(a) for a in mine.values())
-        back[op.name] = Moments(g, 0.0)
-        step = steps[op.name]
-        for i, src in enumerate(op.inputs):
-            grad = step.grads[i] if i < len(step.grads) else None
-            if grad is None or not ests[src].requires_grad:
-                continue
-            into = terms.setdefault(src, {})
-            if isinstance(grad, Deriv):  # same grid: amplitudes add per origin
-                for origin, amp in mine.items():
-                    into[origin] = into.get(origin, 0.0) + amp * grad.value
-            else:
-                into[(op.name, i)] = math.sqrt(max(g * grad.gain, 0.0)) if not math.isnan(g * grad.gain) else g
-    return back
+def _rows(op: Op, ins: list[Est], second: float):
+    """Rows of different scale stay different through ops that act row by row; a norm over units and
+    attention (rows: queries) make them alike but keep them apart, since gradients may still differ by row;
+    pooling and the rest mix them."""
+    if not ins or second <= 0:
+        return None
+    if (op.kind is OpKind.ATTENTION or (op.kind is OpKind.NORM and op.params.kind is not NormKind.BATCH)) \
+            and ins[0].rows:
+        return tuple((f, second) for f, _ in ins[0].rows)
+    if op.kind not in ROWWISE or op.kind is OpKind.CONCAT:
+        return None
+    shaped = [e for e in ins if e.rows]
+    if not shaped or len({tuple(f for f, _ in e.rows) for e in shaped}) != 1:
+        return None
+    fractions = [f for f, _ in shaped[0].rows]
+    parts = [sum(e.rows[i][1] if e.rows else e.second for e in ins) for i in range(len(fractions))]
+    total = sum(f * p for f, p in zip(fractions, parts))
+    if total <= 0:
+        return None
+    return tuple((f, p * second / total) for f, p in zip(fractions, parts))
 
 
 def _trainable_names(model: nn.Module | None) -> frozenset[str] | None:

@@ -166,6 +166,7 @@ def _norm(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
     b2 = (p.bias_rms or 0.0) ** 2
     mb, vb = (op.bias.mean, op.bias.variance) if op.bias is not None else (0.0, 0.0)
     batch_stats = p.uses_batch_stats or (ctx.training and op.target.startswith("nn."))
+    row_gains: tuple[float, ...] = ()
     if p.kind is NormKind.BATCH and not batch_stats:  # running statistics: assumed fresh (mean 0, var 1)
         z2, zm, back = x.second / (1 + p.eps), x.mean / math.sqrt(1 + p.eps), 1.0 / (1 + p.eps)
         unit = x.unit
@@ -178,6 +179,11 @@ def _norm(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
         zm = x.mean / math.sqrt(var + p.eps) if p.kind is NormKind.RMS else 0.0
         lost = 1.0 if p.kind is NormKind.RMS else 2.0  # directions the normalization removes
         back = max(1.0 - lost / count, 0.0) / (var + p.eps)
+        row_gains: tuple[float, ...] = ()
+        if x.rows and p.kind in (NormKind.LAYER, NormKind.RMS):  # each row divided by its own scale
+            share = var / x.second if x.second > 0 else 1.0
+            row_gains = tuple(max(1.0 - lost / count, 0.0) / (s * share + p.eps) for _, s in x.rows)
+            back = sum(f * r for (f, _), r in zip(x.rows, row_gains))
         unit = 0.0
         if p.kind in (NormKind.LAYER, NormKind.RMS):
             unit = x.unit / (var + p.eps)
@@ -185,7 +191,7 @@ def _norm(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
     mean = mw * zm + mb
     cf = x.channels_first or (p.kind is not NormKind.LAYER and p.kind is not NormKind.RMS and x.rank >= 3)
     return Step(second, mean, min(w2 * unit + vb, max(second - mean * mean, 0.0)),
-                grads=(Factor(w2 * back),), channels_first=cf)
+                grads=(Factor(w2 * back),), channels_first=cf, row_gains=row_gains)
 
 
 # -- products of signals -----------------------------------------------------------------------------------
@@ -253,9 +259,13 @@ def _concat(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
     mean = sum(f * e.mean for f, e in zip(frac, ins))
     unit = sum(f * e.unit for f, e in zip(frac, ins))
     rank = ins[0].rank
+    rows = None
     if rank and op.params.dim % rank == ins[0].unit_dim and not op.params.stack:  # parts are different units
         unit += sum(f * (e.mean - mean) ** 2 for f, e in zip(frac, ins))
-    return Step(second, mean, unit, rule=rule, grads=tuple(Factor(1.0) for _ in ins))
+    else:  # parts are different rows: a norm over units sees each part's own scale
+        rows = tuple((f * rf, rs) for f, e in zip(frac, ins) for rf, rs in (e.rows or ((1.0, e.second),)))
+    parts = tuple(len(e.rows or ((1.0, e.second),)) for e in ins) if rows else ()
+    return Step(second, mean, unit, rule=rule, grads=tuple(Factor(1.0) for _ in ins), rows=rows, row_parts=parts)
 
 
 def _window(op: Op, x: Est) -> int:
