@@ -31,6 +31,8 @@ class Options:
     input_dtypes: Sequence[str] = ()
     capture: str | None = None  # pin a rung: "fx", "export" or "hooks"
     severity_overrides: dict[str, Severity] = field(default_factory=dict)
+    signals: bool = False  # also measure every op's second moments (one forward and backward pass)
+    device: str = "auto"  # where that pass runs: auto, cpu or cuda
 
 
 def lint(model_or_target: nn.Module | str | Sequence[str], example_inputs: Any = None, **options) -> Report:
@@ -52,11 +54,19 @@ def lint_one(target: nn.Module | str, example_inputs: Any, rules: Sequence[Rule]
             loaded = load_mod.load(target, opts.input_shapes, opts.input_dtypes)
         else:
             loaded = load_mod.from_instance(target, example_inputs, opts.input_shapes, opts.input_dtypes)
-        graph = capture(loaded, opts.capture)
-        if any(r.needs_signals for r in rules):
+        measured = None
+        if opts.signals:
+            from .capture import capture_program
+            from .measure import measure
+
+            graph, program = capture_program(loaded, opts.capture)
+            measured = measure(graph, program, opts.device)
+        else:
+            graph = capture(loaded, opts.capture)
+        if measured is not None or any(r.needs_signals for r in rules):
             from .propagate import propagate
 
-            graph = propagate(graph)
+            graph = propagate(graph, loaded.inputs, model=loaded.model, measured=measured)
         findings, failures = check(graph, rules)
     except InitlintError as exc:
         return TargetReport(label, error=TargetError(exc.kind, exc.line, exc.help), exception=exc)
@@ -69,7 +79,7 @@ def lint_one(target: nn.Module | str, example_inputs: Any, rules: Sequence[Rule]
         error = _bug(f"rule {first.code} raised {first.error}" + (f" at op `{first.op}`" if first.op else ""))
     return TargetReport(
         label, loaded.name, graph.capture.value, len(graph), graph.unknown, graph.notes, tuple(findings),
-        error, graph,
+        error, graph, measured=measured,
     )
 
 

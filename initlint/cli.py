@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-dtype", action="append", metavar="DTYPE",
                    help="dtype of the example inputs (float32, int64...); repeat to match --input-shape")
     p.add_argument("--capture", choices=["fx", "export", "hooks"], help="use this capture instead of the ladder")
+    p.add_argument("--signals", action="store_true",
+                   help="show each op's predicted and measured forward and backward second moments "
+                   "(runs one forward and backward pass; the model is left unchanged)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where --signals runs its pass (default: auto, the GPU when there is one)")
     p.add_argument("--no-fix", action="store_true", help="do not show the suggested fixes")
     p.add_argument("--color", choices=["auto", "always", "never"], default="auto")
     p.add_argument("--verbose", "-v", action="store_true", help="tracebacks for errors, capture details")
@@ -165,6 +170,10 @@ def _lint(args) -> int:
     report = lint_project(cfg, args.targets, use_baseline=not args.update_baseline).report
     if args.update_baseline:
         return _update_baseline(cfg, report)
+    if args.signals:
+        from .signals import with_measurements
+
+        report = with_measurements(report, cfg, args.targets, args.device)
     fail_level = cfg.fail_level
     stream = sys.stdout
     options = RenderOptions(color=_use_color(args.color, stream) and not args.output, verbose=args.verbose,
@@ -176,6 +185,10 @@ def _lint(args) -> int:
         text = statistics(report, args.format, options)
     else:
         text = render(report, args.format, options)
+    if args.signals and args.format == "text":
+        from .render.signals import render as signals_table
+
+        text += signals_table(report, options)
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w", encoding="utf-8") as fh:

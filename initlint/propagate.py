@@ -108,7 +108,7 @@ def _part_of_fallback(op: Op, fallback: list[str]) -> bool:
 
 
 def _input(op: Op, tensor: torch.Tensor | None) -> Step:
-    if tensor is None:
+    if tensor is None or tensor.is_meta or tensor.numel() == 0:
         return Step(1.0, 0.0, rule=gaussian(0.0, 1.0))
     t = tensor.detach().to("cpu", DTYPE)
     unit = transfer.unit_variance(t, 1 if t.dim() >= 4 else -1) if t.is_floating_point() else 0.0

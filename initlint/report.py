@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
 from .errors import ErrorKind
 from .findings import Finding, Severity
-from .graph import ModelGraph
+from .graph import ModelGraph, Signal
+from .signals import compare
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class TargetReport:
     error: TargetError | None = None
     graph: ModelGraph | None = field(default=None, repr=False, compare=False)
     exception: BaseException | None = field(default=None, repr=False, compare=False)  # for --verbose
+    measured: Mapping[str, Signal] | None = field(default=None, repr=False, compare=False)  # --signals
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -41,6 +44,8 @@ class TargetReport:
             "error": None if self.error is None else
             {"kind": self.error.kind.value, "message": self.error.message, "help": self.error.help},
             "findings": [finding_dict(f) for f in self.findings],
+            **({"signals": [r.to_dict() for r in compare(self.graph, self.measured)]}
+               if self.measured is not None and self.graph is not None else {}),
         }
 
 
