@@ -131,6 +131,21 @@ def normalized_after(graph: ModelGraph, op: Op, kinds: Iterable[NormKind] = SCAL
     return ()
 
 
+def normalized_soon(graph: ModelGraph, op: Op, kinds: Iterable[NormKind] = SCALE_NORMS) -> tuple[Op, ...]:
+    """The norms that remove a scale ``op``'s output gets wrong, directly (:func:`normalized_after`) or right
+    after the linear or conv layers it feeds (``sum -> conv -> BatchNorm``), or ``()``."""
+    found: list[Op] = []
+    for stop in next_stops(graph, op):
+        if is_norm(graph, stop, kinds):
+            found.append(stop)
+            continue
+        norms = normalized_after(graph, stop, kinds) if stop.kind in (OpKind.LINEAR, OpKind.CONV) else ()
+        if not norms:
+            return ()
+        found.extend(norms)
+    return tuple(dict.fromkeys(found))
+
+
 # -- residual adds -----------------------------------------------------------------------------------------
 
 
@@ -193,6 +208,39 @@ def branch_prenormalized(graph: ModelGraph, res: Residual, kinds: Iterable[NormK
         for s in _aliases(graph, res.skip.name)
         if res.branch.name in open_path
     )
+
+
+# What may follow a projection shortcut's weight layer: ResNet's downsampling path is conv then BatchNorm.
+_PROJECTION_TAIL = frozenset({OpKind.PASSTHROUGH, OpKind.DROPOUT, OpKind.NORM, OpKind.SCALE})
+
+
+def _projection_input(graph: ModelGraph, name: str) -> str | None:
+    """If ``name`` is one linear or conv layer of a tensor (with a norm, scale or reshape after), that tensor."""
+    op = graph.op(name)
+    while op.kind in _PROJECTION_TAIL and len(op.inputs) == 1:
+        op = graph.op(op.inputs[0])
+    if op.kind in (OpKind.LINEAR, OpKind.CONV) and op.inputs and graph.op(op.inputs[0]).kind is not OpKind.PARAM:
+        return op.inputs[0]
+    return None
+
+
+def projected_residual(graph: ModelGraph, op: Op) -> Residual | None:
+    """``op`` as ``proj(x) + f(x)``: a residual add whose skip goes through one weight layer, as in ResNet's
+    downsampling blocks (a strided 1x1 conv and a BatchNorm). The :class:`Residual`'s ``skip`` is ``x``, the
+    tensor the block reads, not the projection. Single layers of one tensor summed (``a(x) + b(x) + c(x)``) are
+    parallel branches, not this.
+    """
+    if op.kind is not OpKind.ADD or len(op.inputs) != 2 or op.inputs[0] == op.inputs[1]:
+        return None
+    a, b = op.inputs
+    for proj, branch in ((a, b), (b, a)):
+        source = _projection_input(graph, proj)
+        if source is None or _projection_input(graph, branch) == source or graph.op(branch).kind is OpKind.ADD:
+            continue
+        upstream = graph.ancestors(graph.op(branch))
+        if source in upstream and proj not in upstream:
+            return Residual(op, graph.op(source), graph.op(branch))
+    return None
 
 
 # -- repeated blocks ---------------------------------------------------------------------------------------
@@ -296,6 +344,15 @@ def sig(x: float, digits: int = 3) -> str:
     return text
 
 
+def times(x: float, digits: int = 2) -> str:
+    """A factor as people read it, trailing zero kept: 2.0, 1.5, 0.50, 57.3 (``digits=3``), 1024."""
+    if not math.isfinite(x) or abs(x) >= 1e6:
+        return sig(x, digits)
+    if abs(x) >= 10**digits:
+        return f"{x:.0f}"
+    return format(x, f"#.{digits}g").rstrip(".")
+
+
 _INDEX = re.compile(r"\.(\d+)(?=\.|$)")
 
 
@@ -307,5 +364,6 @@ def python_path(qualname: str) -> str:
 __all__ = [
     "CARRIERS", "WEIGHT_LAYERS", "PER_SAMPLE_NORMS", "SCALE_NORMS", "GAINS_SQUARED", "Block", "BlockGroup",
     "Residual", "branch_ops", "branch_prenormalized", "distribution", "is_norm", "next_stops", "norm_kind",
-    "normalized_after", "python_path", "relative", "repeated_blocks", "residual", "sig",
+    "normalized_after", "normalized_soon", "projected_residual", "python_path", "relative", "repeated_blocks",
+    "residual", "sig", "times",
 ]

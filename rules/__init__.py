@@ -11,6 +11,7 @@ from .post_ln import post_ln
 from .recurrent_radius import recurrent_radius
 from .symmetric_init import symmetric_init
 from .transposed_conv_checkerboard import transposed_conv_checkerboard
+from .unscaled_residual import unscaled_residual
 
 BUILTIN_RULES: tuple = (
     depthwise_fan,
@@ -18,6 +19,7 @@ BUILTIN_RULES: tuple = (
     recurrent_radius,
     symmetric_init,
     cloned_layer_init,
+    unscaled_residual,
     post_ln,
     non_inverted_dropout,
 )

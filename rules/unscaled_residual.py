@@ -1,0 +1,271 @@
+"""IL201 unscaled-residual."""
+
+from __future__ import annotations
+
+import math
+
+from initlint.findings import Fix, Issue, Severity
+from initlint.graph import ModelGraph
+from initlint.ops import Op, OpKind
+from initlint.patterns import (
+    SCALE_NORMS, WEIGHT_LAYERS, Residual, branch_ops, branch_prenormalized, normalized_soon, projected_residual,
+    residual, sig, times,
+)
+from initlint.registry import rule
+
+# Variance growth over a chain of residual adds from which it is reported. Branches scaled so that their
+# variances sum to O(1) over the chain (Fixup, T-Fixup, DeepNet: about 1/L each) give (1 + c/L)^L <= e^c, 2.7 for
+# c = 1; 4 (the stream's std doubles) leaves those alone and catches two adds of branches as strong as their skip.
+WARN_GROWTH = 4.0
+# From here the chain is an error: the stream's std is 10x its input's, so a classifier head on top starts with a
+# loss of about ln(C) + 50 s^2 where it intended ln(C) + s^2/2 (s its logit std; measured-claims, claim 13).
+ERROR_GROWTH = 100.0
+# What the stream passes through between one residual add and the next skip: reshapes, dropout, scales (the
+# 1/sqrt(2) of a scaled sum, DeepNorm's alpha) and the ReLU after the add of a ResNet block without norms.
+_STREAM = frozenset({OpKind.PASSTHROUGH, OpKind.DROPOUT, OpKind.SCALE, OpKind.ACTIVATION})
+# A branch that does work: a residual block's branch has a learned layer or attention. `x + 0.044715 * x**3`
+# inside a tanh-GELU is an add of x and a function of x, not a block.
+_WORK = WEIGHT_LAYERS | {OpKind.ATTENTION, OpKind.MATMUL}
+
+
+@rule("IL201", "unscaled-residual", severity=Severity.WARNING, needs_signals=True)
+def unscaled_residual(graph: ModelGraph) -> list[Issue]:
+    """
+    ## What it does
+    Finds chains of residual adds `x + f(x)` whose branches carry a share of the stream's own variance, with
+    no normalization in the branches or between the adds, so that the residual stream grows geometrically.
+
+    A residual add is `x + f(x)`, or `proj(x) + f(x)` with a one-layer projection shortcut as in ResNet's
+    downsampling blocks, where `f` contains a weight layer or attention. Adds follow each other in a chain when
+    the stream goes from one to the next through reshapes, dropout, scales or an activation. The rule reads the
+    variance engine's predictions: the stream's second moment where the chain starts and where it ends.
+
+    Not findings, by construction:
+
+    - branches with a normalization on every path from the skip into them: Pre-LN `x + f(LN(x))` and
+      ResNet's BatchNorm-in-branch blocks. Their branch has a fixed scale whatever the stream's, so the stream
+      grows linearly (1 + L), not geometrically;
+    - zero-initialized or scaled branches (Fixup, SkipInit, ReZero, LayerScale) and scaled sums
+      (`(x + f(x)) / sqrt(2)`): the engine predicts their growth, which stays under the threshold.
+
+    ## Why is this bad?
+    Independent branches add their variances. A branch as strong as its input doubles the stream at every add,
+    so L adds multiply its variance by 2^L, and by (1 + g)^L for a branch of relative variance g. The signal
+    that reaches the output is then dominated by the last blocks, activations and gradients leave the range the
+    init was chosen for, and mixed precision overflows early (De & Smith 2020; Zhang et al. 2019).
+
+    Measured (`measured-claims.md`, claim 5): with a variance-preserving branch, 12 adds give 4089 (2^12 =
+    4096 predicted); scaling each sum by 1/sqrt(2) keeps 0.998; Pre-LN `x + f(LN(x))` grows to 12.96 (1 + L,
+    linear, not reported). A branch Linear-ReLU-Linear with Xavier on both layers has gain 1/2, so the stream
+    grows as 1.5^L, not 2^L: the engine predicts 57.3 after 10 such adds and a forward pass measures 53.3;
+    Kaiming on both (gain 1): 1014 predicted, 813 measured over 10 adds (the spread of a product of 10 random
+    gains at width 256; 2^10 = 1024).
+
+    The chain is reported from a total growth of 4 (the stream's std doubles), which leaves alone branches
+    scaled so that their variances sum to O(1) (Fixup and DeepNet-like scalings of about 1/L per branch give at
+    most e = 2.7), and is an error from 100 (std x10), where a classifier head on the stream starts with a loss
+    about 50 s^2 above the ln(C) + s^2/2 it intended. It is an `info` when the chain's output goes straight
+    into a normalization, which removes the growth from the forward pass (the last blocks still dominate it).
+
+    ## Example
+    ```python
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, d):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(d, d), nn.Linear(d, d)
+            nn.init.kaiming_normal_(self.fc1.weight, nonlinearity="relu")
+            nn.init.kaiming_normal_(self.fc2.weight, nonlinearity="linear")
+
+        def forward(self, x):
+            return x + self.fc2(torch.relu(self.fc1(x)))
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*[Block(256) for _ in range(10)])
+    example_inputs = torch.randn(64, 256)
+    ```
+
+    ## Use instead
+    ```python
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, d):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(d, d), nn.Linear(d, d)
+            nn.init.kaiming_normal_(self.fc1.weight, nonlinearity="relu")
+            nn.init.zeros_(self.fc2.weight)  # SkipInit: each block starts as the identity
+            nn.init.zeros_(self.fc2.bias)
+
+        def forward(self, x):
+            return x + self.fc2(torch.relu(self.fc1(x)))
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*[Block(256) for _ in range(10)])
+    example_inputs = torch.randn(64, 256)
+    ```
+    Or keep the init and scale each sum, `(x + f(x)) * 0.707` for a branch as strong as its input
+    (1/sqrt(1 + g) in general: the fix prints it for the model), or normalize the branch's input (Pre-LN).
+
+    ## References
+    - De & Smith 2020, "Batch Normalization Biases Residual Blocks Towards the Identity Function in Deep
+      Networks" (SkipInit)
+    - Zhang, Dauphin & Ma 2019, "Fixup Initialization: Residual Learning Without Normalization"
+    - Bachlechner et al. 2021, "ReZero is All You Need"; Touvron et al. 2021, "Going deeper with Image
+      Transformers" (LayerScale)
+    """
+    blocks: dict[str, Residual] = {}
+    for op in graph.of_kind(OpKind.ADD):
+        res = residual(graph, op) or projected_residual(graph, op)
+        if res is None or branch_prenormalized(graph, res, SCALE_NORMS):
+            continue
+        if any(graph.op(n).kind in _WORK for n in branch_ops(graph, res)):
+            blocks[op.name] = res
+    issues = []
+    for chain in _chains(graph, blocks):
+        issue = _chain_issue(graph, [blocks[name] for name in chain])
+        if issue is not None:
+            issues.append(issue)
+    return issues
+
+
+def _chains(graph: ModelGraph, blocks: dict[str, Residual]) -> list[list[str]]:
+    """The residual adds grouped into chains along the stream, each in graph order."""
+    after: dict[str, str] = {}
+    for name, res in blocks.items():  # graph order: the first add that continues a stream takes it
+        root = _stream_root(graph, res.skip)
+        if root in blocks and root not in after:
+            after[root] = name
+    starts = [name for name in blocks if name not in set(after.values())]
+    chains = []
+    for start in starts:
+        chain = [start]
+        while chain[-1] in after:
+            chain.append(after[chain[-1]])
+        chains.append(chain)
+    return chains
+
+
+def _stream_root(graph: ModelGraph, op: Op) -> str:
+    """The op ``op`` carries forward: back through reshapes, dropout, scales and activations."""
+    while op.kind in _STREAM:
+        signals = [n for n in op.inputs if graph.op(n).kind is not OpKind.PARAM]
+        if len(signals) != 1:
+            break
+        op = graph.op(signals[0])
+    return op.name
+
+
+def _stream_end(graph: ModelGraph, op: Op) -> Op:
+    """Where the stream after a residual add has passed its trailing reshapes, scales and activation."""
+    while True:
+        nxt = graph.consumers(op)
+        if len(nxt) != 1 or nxt[0].kind not in _STREAM:
+            return op
+        op = nxt[0]
+
+
+def _second(graph: ModelGraph, op: Op) -> float:
+    s = graph.signal(op)
+    return s.forward.second if s is not None else float("nan")
+
+
+def _chain_issue(graph: ModelGraph, chain: list[Residual]) -> Issue | None:
+    start = _second(graph, chain[0].skip)
+    end_op = _stream_end(graph, chain[-1].add)
+    end = _second(graph, end_op)
+    if not (start > 0.0 and math.isfinite(end)):
+        return None
+    growth = end / start
+    if growth < WARN_GROWTH:
+        return None
+    n = len(chain)
+    per_add = growth ** (1.0 / n)
+    strength = sum(_second(graph, r.branch) / max(_second(graph, r.skip), 1e-300) for r in chain) / n
+    norms = normalized_soon(graph, end_op)
+    if norms:
+        severity = Severity.INFO
+    else:
+        severity = Severity.ERROR if growth >= ERROR_GROWTH else Severity.WARNING
+
+    first, last = chain[0].add, chain[-1].add
+    where = f"`{first.module}`" if first.module == last.module else f"`{first.module}` to `{last.module}`"
+    if not first.module:
+        where = "the model"
+    adds = f"{n} residual adds" if n > 1 else "a residual add"
+    message = (
+        f"{where}: {adds} with unscaled branches (branch/skip variance {times(strength)}): residual-stream "
+        f"variance x{times(per_add)} per add, x{times(growth, 3)} over {n} add{'s' if n > 1 else ''}"
+    )
+    if norms:
+        message += f", then `{norms[0].module or norms[0].name}` normalizes it"
+
+    scale = 1.0 / math.sqrt(per_add)
+    params = _last_layer_params(graph, chain)
+    code = ""
+    if params:
+        code = (f"# SkipInit: the last layer of each branch starts at zero\n"
+                + _zero_init_code(params))
+    code += (f"# or keep the init and scale each sum in forward, by 1/sqrt({times(per_add, 3)}):\n"
+             f"x = (x + branch(x)) * {sig(scale, 3)}")
+    fix = Fix(
+        summary=(f"Zero-initialize the last layer of each branch, or scale each residual sum by {sig(scale, 3)}"
+                 if params else f"Scale each residual sum by {sig(scale, 3)}"),
+        code=code,
+    )
+    return Issue(
+        message=message,
+        fix=fix,
+        predicted={
+            "adds": n,
+            "branch_skip_variance_ratio": strength,
+            "growth_per_add": per_add,
+            "growth": growth,
+            "stream_second_moment_start": start,
+            "stream_second_moment_end": end,
+            "sum_scale": scale,
+        },
+        severity=severity,
+        op=first.name,
+    )
+
+
+def _last_layer_params(graph: ModelGraph, chain: list[Residual]) -> list[list[str]]:
+    """The weight and bias of the last weight layer of each branch, when every branch has one."""
+    found = []
+    for res in chain:
+        members = branch_ops(graph, res)
+        layers = [op for op in graph if op.name in members and op.kind in (OpKind.LINEAR, OpKind.CONV)]
+        if not layers or layers[-1].weight is None:
+            return []
+        last = layers[-1]
+        found.append([w.name for w in (last.weight, last.bias) if w is not None])
+    return found
+
+
+def _zero_init_code(per_branch: list[list[str]]) -> str:
+    """A loop zeroing the given parameters; written over the block index when the names differ only there."""
+    first = per_branch[0]
+    parts = [name.split(".") for name in first]
+    for k, part in enumerate(parts[0]):
+        if not part.isdigit():
+            continue
+        index = [names[0].split(".")[k] for names in per_branch]
+        template = [".".join(p[:k] + ["{i}"] + p[k + 1:]) if len(p) > k and p[k] == part else None for p in parts]
+        if None in template or len(set(index)) != len(per_branch):
+            continue
+        if all(names == [t.format(i=i) for t in template] for names, i in zip(per_branch, index)):
+            fields = ", ".join(f'f"{t}"' for t in template)
+            numbers = [int(i) for i in index]
+            loop = (f"range({numbers[0]}, {numbers[-1] + 1})" if numbers == list(range(numbers[0], numbers[-1] + 1))
+                    else f"({', '.join(index)}{',' if len(index) == 1 else ''})")
+            loop = loop.replace("range(0, ", "range(")
+            return (f"for i in {loop}:\n"
+                    f"    for name in ({fields}{',' if len(template) == 1 else ''}):\n"
+                    f"        nn.init.zeros_(model.get_parameter(name))\n")
+    names = [n for names in per_branch for n in names]
+    return "".join(f'nn.init.zeros_(model.get_parameter("{n}"))\n' for n in dict.fromkeys(names))
+
