@@ -11,6 +11,7 @@ from .post_ln import post_ln
 from .recurrent_radius import recurrent_radius
 from .symmetric_init import symmetric_init
 from .transposed_conv_checkerboard import transposed_conv_checkerboard
+from .unscaled_attention_logits import unscaled_attention_logits
 from .unscaled_residual import unscaled_residual
 
 BUILTIN_RULES: tuple = (
@@ -21,5 +22,6 @@ BUILTIN_RULES: tuple = (
     cloned_layer_init,
     unscaled_residual,
     post_ln,
+    unscaled_attention_logits,
     non_inverted_dropout,
 )
