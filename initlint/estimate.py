@@ -114,7 +114,6 @@ class Ctx:
     rules: dict[str, Rule]  # source op -> its distribution
     causal: frozenset[str] = frozenset()  # attention ops known to apply a causal mask
     training: bool = True
-    trainable: frozenset[str] | None = None  # parameter names that take gradients (None: all)
 
     ests: dict[str, Est] = field(default_factory=dict)  # every op's estimate so far
 

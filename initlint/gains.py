@@ -118,6 +118,16 @@ def max_of(rule: Rule, values: torch.Tensor, k: int) -> Rule:
     return Rule(v, cdf**k - below**k)
 
 
+def matched(rule: Rule, mean: float, second: float) -> Rule:
+    """``rule`` shifted and scaled to have exactly this mean and second moment (a sample's quantiles have
+    its shape but not quite its moments), so that ``x + x`` on the grid is exactly four times ``E[x^2]``."""
+    m = rule.moments(rule.nodes)
+    var, target = m.second - m.mean * m.mean, second - mean * mean
+    if var <= 0 or target < 0 or not math.isfinite(target):
+        return rule
+    return Rule(mean + (rule.nodes - m.mean) * math.sqrt(target / var), rule.weights, rule.gaussian)
+
+
 def compress(nodes: torch.Tensor, weights: torch.Tensor, size: int = NODES) -> Rule:
     """A rule of at most ``size`` nodes with the same distribution: equal-mass quantiles of the sorted nodes."""
     if nodes.numel() <= size:
@@ -199,5 +209,6 @@ def activation_gain(params: ActivationParams, x: Moments) -> Gain:
     return Gain(rule.moments(y), rule.second(d))
 
 
-__all__ = ["Rule", "Gain", "gaussian", "gamma", "uniform", "bernoulli", "point", "mixture", "max_of", "compress",
+__all__ = ["Rule", "Gain", "gaussian", "gamma", "uniform", "bernoulli", "point", "mixture", "max_of", "matched",
+           "compress",
            "interpolate", "activation", "activation_gain", "with_derivative"]

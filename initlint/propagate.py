@@ -39,7 +39,7 @@ from torch import nn
 from . import elementwise, recurrent, transfer
 from .backprop import ROWWISE, backward
 from .estimate import Ctx, Deriv, Est, Factor, Step, Transfer
-from .gains import DTYPE, gaussian, point
+from .gains import DTYPE, gaussian, matched, point
 from .graph import ModelGraph, Moments, Signal
 from .ops import NormKind, Op, OpKind
 
@@ -70,7 +70,7 @@ def predict(graph: ModelGraph, inputs: Any = None, *, model: nn.Module | None = 
     """Forward then backward over ``graph``. ``inputs``: example inputs whose statistics replace the unit
     Gaussian; ``model``: read for declared attention causality (``is_causal``) only; ``measured``: the
     fallback for ops with no transfer function."""
-    ctx = Ctx(graph, {}, causal=_causal(graph, model), trainable=_trainable_names(model))
+    ctx = Ctx(graph, {}, causal=_causal(graph, model))
     tensors = _input_tensors(graph, inputs)
     ests = ctx.ests
     steps: dict[str, Step] = {}
@@ -129,13 +129,9 @@ def _floating(op: Op) -> bool:
     return op.dtype is None or op.dtype.startswith(("float", "bfloat", "complex"))
 
 
-def _trainable(op: Op, trainable: frozenset[str] | None) -> bool:
-    """Whether the op owns a parameter that takes gradients (``trainable``: the model's parameter names that
-    require grad; without the model, every weight and operand parameter is taken to)."""
-    names = [w.name for w in (op.weight, op.bias) if w is not None]
-    if trainable is None:
-        return bool(names)
-    return any(n in trainable for n in names)
+def _trainable(op: Op) -> bool:
+    """Whether the op owns a parameter that takes gradients."""
+    return any(w is not None and w.trainable for w in (op.weight, op.bias))
 
 
 def _settle(op: Op, step: Step, ins: list[Est], ctx: Ctx, ests: dict[str, Est]) -> Est:
@@ -150,12 +146,12 @@ def _settle(op: Op, step: Step, ins: list[Est], ctx: Ctx, ests: dict[str, Est]) 
         unit = min(slope * slope * ests[source].unit, max(second - mean * mean, 0.0))
     else:
         source, second, mean, unit, slope = op.name, step.second, step.mean, step.unit, 1.0
-        rule = step.gaussian_rule()
+        rule = matched(step.rule, mean, second) if step.rule is not None else step.gaussian_rule()
         ctx.rules[source] = rule
         values = rule.nodes
     floating = _floating(op)
     requires = floating and op.kind not in _NO_GRAD and (
-        op.kind is OpKind.INPUT or _trainable(op, ctx.trainable)
+        op.kind is OpKind.INPUT or _trainable(op)
         or any(e.requires_grad and g is not None for e, g in zip(ins, grads)))
     cf = step.channels_first if step.channels_first is not None else (ins[0].channels_first if ins else False)
     if math.isnan(second) or math.isnan(mean):
@@ -184,12 +180,6 @@ def _rows(op: Op, ins: list[Est], second: float):
     if total <= 0:
         return None
     return tuple((f, p * second / total) for f, p in zip(fractions, parts))
-
-
-def _trainable_names(model: nn.Module | None) -> frozenset[str] | None:
-    if model is None:
-        return None
-    return frozenset(n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad)
 
 
 def _causal(graph: ModelGraph, model: nn.Module | None) -> frozenset[str]:

@@ -1,0 +1,378 @@
+"""The variance engine against closed forms and the measured claims (shared/reference/measured-claims.md).
+
+Each test builds a small seeded model, predicts statically and compares with a formula; where a formula
+depends on the drawn weights it uses their actual statistics, so the tolerances below are about the engine's
+numerics, not about sampling.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from initlint.capture import capture
+from initlint.gains import activation_gain
+from initlint.graph import Moments
+from initlint.load import from_instance
+from initlint.ops import Activation, ActivationParams, OpKind
+from initlint.propagate import predict, propagate
+from initlint.transfer import logit_variance
+
+EXACT = 1e-6  # relative: the engine evaluates the same closed form (float64 arithmetic)
+FLOAT32 = 1e-5  # relative: the same closed form, with weight statistics computed in float32
+QUADRATURE = 2e-3  # relative: grid integration of a kinked function (ReLU) on 400 nodes
+MONTE_CARLO = 0.02  # relative: against 10^6 Gaussian draws (standard error about 0.2%, kink effects)
+SAMPLING = 0.1  # relative: a closed form in expectation over ~2000 drawn weights (standard error 3%)
+CLAIM = 0.05  # relative: a measured claim (measured-claims.md reports about 2% precision) vs this model's draw
+JENSEN = 0.05  # relative: x * rsqrt(mean(x^2)) taken as independent factors: +2/count (3% at count 64)
+
+
+def _graph(model: nn.Module, *inputs, force: str | None = None, stats: bool = False):
+    """Captured and propagated; inputs are unit Gaussians unless ``stats`` (then: the example's statistics)."""
+    target = from_instance(model, inputs if len(inputs) > 1 else inputs[0])
+    return propagate(capture(target, force), target.inputs if stats else None, model=model)
+
+
+def _first(graph, kind: OpKind, nth: int = 0):
+    return [op for op in graph if op.kind is kind][nth]
+
+
+def _rel(a: float, b: float) -> float:
+    return abs(a - b) / abs(b)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+# -- weight layers ---------------------------------------------------------------------------------------------
+
+
+def test_linear_keeps_variance_at_std_one_over_sqrt_fan_in():
+    lin = nn.Linear(512, 256, bias=False)
+    nn.init.normal_(lin.weight, std=1 / math.sqrt(512))
+    g = _graph(lin, torch.randn(64, 512))
+    op = _first(g, OpKind.LINEAR)
+    q_in = g.signal(_first(g, OpKind.INPUT)).forward.second
+    out = g.signal(op).forward.second
+    assert _rel(out, 512 * op.weight.second_moment * q_in) < FLOAT32  # fan_in * E[W^2] * E[x^2]
+    assert abs(out - 1.0) < CLAIM  # and that is 1 for this init
+
+
+def test_linear_backward_is_fan_out_times_weight_second_moment():
+    lin = nn.Linear(128, 64, bias=False)
+    g = _graph(lin, torch.randn(32, 128))
+    x = _first(g, OpKind.INPUT)
+    assert _rel(g.signal(x).backward.second, 64 * lin.weight.detach().pow(2).mean().item()) < FLOAT32
+
+
+def test_xavier_gives_2_fan_in_over_fan_in_plus_fan_out():  # claim 1
+    lin = nn.Linear(1024, 256, bias=False)
+    nn.init.xavier_normal_(lin.weight)
+    g = _graph(lin, torch.randn(8, 1024))
+    assert _rel(g.signal(_first(g, OpKind.LINEAR)).forward.second / g.signal(_first(g, OpKind.INPUT)).forward.second,
+                1.6) < CLAIM
+
+
+def test_depthwise_conv_uses_its_true_fans():  # claim 3: torch's xavier is 128x too small here
+    conv = nn.Conv2d(256, 256, 3, groups=256, bias=False)
+    nn.init.xavier_normal_(conv.weight)
+    g = _graph(conv, torch.randn(2, 256, 12, 12), force="fx")
+    op = _first(g, OpKind.CONV)
+    assert (op.weight.fan_in, op.weight.fan_out) == (9, 9)
+    ratio = g.signal(op).forward.second / g.signal(_first(g, OpKind.INPUT)).forward.second
+    assert _rel(ratio, 9 * op.weight.second_moment) < FLOAT32  # no padding: every output sums 9 terms
+    assert _rel(ratio, 9 * 2 / (9 + 2304)) < SAMPLING  # what xavier draws from torch's fans (9, 2304)
+    back = g.signal(_first(g, OpKind.INPUT)).backward.second / g.signal(op).backward.second
+    assert _rel(back, 9 * (2.5 / 3) ** 2 * op.weight.second_moment) < FLOAT32  # 9 outputs fed, fewer at borders
+
+
+def test_grouped_conv_sums_in_over_groups_times_taps():
+    conv = nn.Conv2d(64, 32, 3, groups=4, bias=False)
+    g = _graph(conv, torch.randn(2, 64, 10, 10))
+    op = _first(g, OpKind.CONV)
+    ratio = g.signal(op).forward.second / g.signal(_first(g, OpKind.INPUT)).forward.second
+    assert _rel(ratio, 64 / 4 * 9 * op.weight.second_moment) < FLOAT32
+
+
+def test_zero_padding_removes_taps_at_the_borders():
+    conv = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+    g = _graph(conv, torch.randn(2, 16, 4, 4))
+    op = _first(g, OpKind.CONV)
+    ratio = g.signal(op).forward.second / g.signal(_first(g, OpKind.INPUT)).forward.second
+    assert _rel(ratio, 16 * 9 * (2.5 / 3) ** 2 * op.weight.second_moment) < FLOAT32  # 2.5 of 3 taps per dim
+
+
+def test_transposed_conv_with_xavier_averages_to_one_over_s_squared():  # claim 4
+    up = nn.ConvTranspose2d(64, 64, 4, stride=2, padding=1, bias=False)
+    nn.init.xavier_normal_(up.weight)
+    g = _graph(up, torch.randn(1, 64, 64, 64))  # large: the borders' missing taps cost 3%
+    op = _first(g, OpKind.CONV)
+    assert op.weight.fan_in == 64 * 16 / 4  # terms per output, averaged over the 4 phases
+    ratio = g.signal(op).forward.second / g.signal(_first(g, OpKind.INPUT)).forward.second
+    assert abs(ratio - 0.25) < 0.25 * CLAIM
+
+
+# -- activations -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variance", [0.5, 2.0, 8.0])
+def test_relu_halves_the_second_moment_and_has_mean_sqrt_v_over_2_pi(variance):
+    g = activation_gain(ActivationParams(Activation.RELU), Moments(variance))
+    assert _rel(g.forward.second, variance / 2) < QUADRATURE
+    assert _rel(g.forward.mean, math.sqrt(variance / (2 * math.pi))) < QUADRATURE
+    assert _rel(g.backward, 0.5) < QUADRATURE
+
+
+@pytest.mark.parametrize("fn", [Activation.TANH, Activation.SIGMOID, Activation.GELU, Activation.SILU])
+@pytest.mark.parametrize("variance", [0.01, 1.0, 100.0])
+def test_gains_depend_on_the_input_variance(fn, variance):
+    x = torch.randn(1_000_000, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * math.sqrt(variance)
+    x.requires_grad_(True)
+    f = {Activation.TANH: torch.tanh, Activation.SIGMOID: torch.sigmoid, Activation.GELU: nn.functional.gelu,
+         Activation.SILU: nn.functional.silu}[fn]
+    y = f(x)
+    (d,) = torch.autograd.grad(y.sum(), x)
+    g = activation_gain(ActivationParams(fn), Moments(variance))
+    assert _rel(g.forward.second, y.detach().pow(2).mean().item()) < MONTE_CARLO
+    assert _rel(g.backward, d.pow(2).mean().item()) < MONTE_CARLO
+
+
+def test_tanh_is_linear_for_small_inputs_and_saturates_for_large_ones():
+    small = activation_gain(ActivationParams(Activation.TANH), Moments(1e-3)).forward.second
+    large = activation_gain(ActivationParams(Activation.TANH), Moments(1e3)).forward.second
+    assert _rel(small, 1e-3) < 0.01 and large > 0.97
+
+
+# -- sums, products, shared sources ------------------------------------------------------------------------------
+
+
+class Twice(nn.Module):
+    def forward(self, x):
+        return x + x
+
+
+class SiLUByHand(nn.Module):
+    def forward(self, x):
+        return x * torch.sigmoid(x)
+
+
+def test_x_plus_x_quadruples_forward_and_backward():
+    g = _graph(Twice(), torch.randn(64, 32))
+    x, add = _first(g, OpKind.INPUT), _first(g, OpKind.ADD)
+    assert _rel(g.signal(add).forward.second, 4 * g.signal(x).forward.second) < EXACT
+    assert _rel(g.signal(x).backward.second, 4 * g.signal(add).backward.second) < EXACT
+
+
+def test_a_function_of_one_source_is_integrated_jointly():
+    g = _graph(SiLUByHand(), torch.randn(64, 32))
+    mul = _first(g, OpKind.MUL)
+    silu = activation_gain(ActivationParams(Activation.SILU), g.signal(_first(g, OpKind.INPUT)).forward)
+    assert _rel(g.signal(mul).forward.second, silu.forward.second) < QUADRATURE  # not E[x^2] E[sigmoid^2]
+
+
+class Branches(nn.Module):
+    def __init__(self, n: int, width: int = 256):
+        super().__init__()
+        self.branches = nn.ModuleList(nn.Linear(width, width) for _ in range(n))
+        for b in self.branches:
+            nn.init.kaiming_normal_(b.weight, nonlinearity="relu")
+            nn.init.zeros_(b.bias)
+        self.n = n
+
+    def forward(self, x):
+        out = torch.relu(self.branches[0](x))
+        for b in self.branches[1:]:
+            out = out + torch.relu(b(x))
+        return out / math.sqrt(self.n)
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_relu_branches_add_their_means_coherently(n):  # claim 6: 1 + (N - 1)/pi, not 1
+    g = _graph(Branches(n), torch.randn(64, 256))
+    out = [op for op in g if op.kind is OpKind.SCALE][-1]
+    q_in = g.signal(_first(g, OpKind.INPUT)).forward.second
+    assert _rel(g.signal(out).forward.second / q_in, 1 + (n - 1) / math.pi) < CLAIM
+
+
+class Cat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1, bias=False), nn.Conv2d(3, 24, 1, bias=False)
+
+    def forward(self, x):
+        return torch.cat([self.a(x), self.b(x)], dim=1)
+
+
+def test_concat_is_the_width_weighted_average():
+    g = _graph(Cat(), torch.randn(2, 3, 8, 8))
+    a, b = (g.signal(op).forward.second for op in g.of_kind(OpKind.CONV))
+    assert _rel(g.signal(_first(g, OpKind.CONCAT)).forward.second, (8 * a + 24 * b) / 32) < EXACT
+
+
+class LayerScale(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((32,), 0.1))
+
+    def forward(self, x):
+        return x * self.gamma / math.sqrt(2)
+
+
+def test_scaling_by_constants_and_parameters_squares_the_factor():
+    g = _graph(LayerScale(), torch.randn(16, 32))
+    q_in = g.signal(_first(g, OpKind.INPUT)).forward.second
+    last = [op for op in g if op.kind is OpKind.SCALE][-1]
+    assert _rel(g.signal(last).forward.second, q_in * 0.01 / 2) < EXACT
+
+
+# -- norms ------------------------------------------------------------------------------------------------------
+
+
+def test_norms_reset_the_scale_to_their_affine_weight():
+    bn, ln = nn.BatchNorm1d(64), nn.LayerNorm(64)
+    nn.init.constant_(bn.weight, 2.0)
+    nn.init.constant_(ln.weight, 0.5)
+    for norm, expected in ((bn, 4.0), (ln, 0.25)):
+        g = _graph(nn.Sequential(nn.Linear(64, 64), norm), 10 * torch.randn(128, 64))
+        assert _rel(g.signal(_first(g, OpKind.NORM)).forward.second, expected) < 1e-3  # eps / variance
+
+
+class RMSNormByHand(nn.Module):
+    def __init__(self, d: int = 64):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((d,), 3.0))
+
+    def forward(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+
+def test_hand_written_rmsnorm_comes_out_as_its_weight():
+    g = _graph(RMSNormByHand(), 7 * torch.randn(32, 16, 64))
+    out = [op for op in g if op.kind is OpKind.SCALE][-1]
+    assert _rel(g.signal(out).forward.second, 9.0) < JENSEN
+
+
+def test_batchnorm_relu_conv_gradients_grow_by_pi_over_pi_minus_one():  # mean field of BatchNorm (Yang 2019)
+    layers = [nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+              for _ in range(3)]
+    g = _graph(nn.Sequential(*layers), torch.randn(4, 32, 64, 64))
+    relus = g.of_kind(OpKind.ACTIVATION)
+    ratio = g.signal(relus[0]).backward.second / g.signal(relus[1]).backward.second
+    assert _rel(ratio, math.pi / (math.pi - 1)) < 0.1  # borders of a 64x64 map shift it slightly
+
+
+# -- attention --------------------------------------------------------------------------------------------------
+
+
+def test_xavier_projections_give_logit_variance_3_2():  # claim 9: q and k variance 2d/(d + d_k)
+    q = nn.Linear(512, 64, bias=False)
+    nn.init.xavier_normal_(q.weight)
+    g = _graph(q, torch.randn(8, 512))
+    q2 = g.signal(_first(g, OpKind.LINEAR)).forward.second  # k is drawn alike
+    assert _rel(q2, 2 * 512 / 576) < CLAIM
+    assert abs(logit_variance(q2, q2, 64) - 3.16) < 3.16 * 2 * CLAIM
+
+
+class MHA(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(512, 8, batch_first=True)
+
+    def forward(self, x):
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
+def test_multihead_attention_packed_projection_gives_logits_near_a_quarter():  # claim 9
+    g = _graph(MHA(), torch.randn(2, 16, 512))
+    attn = _first(g, OpKind.ATTENTION)
+    q, k = (g.signal(n).forward for n in attn.inputs[:2])
+    assert abs(logit_variance(q.second, k.variance, attn.params.head_dim, attn.params.scale) - 0.25) < 0.25 * CLAIM
+
+
+class Logits(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q, self.k = nn.Linear(512, 64, bias=False), nn.Linear(512, 64, bias=False)
+        nn.init.xavier_normal_(self.q.weight)
+        nn.init.xavier_normal_(self.k.weight)
+
+    def forward(self, x):
+        return self.q(x) @ self.k(x).transpose(-2, -1) / 8.0
+
+
+def test_scaled_logits_written_out_predict_3_2():
+    g = _graph(Logits(), torch.randn(4, 32, 512))
+    out = [op for op in g if op.kind is OpKind.SCALE][-1]
+    assert abs(g.signal(out).forward.second - 3.16) < 3.16 * 2 * CLAIM
+
+
+# -- dropout ----------------------------------------------------------------------------------------------------
+
+
+class HandDropout(nn.Module):
+    def forward(self, x):
+        return x * (torch.rand_like(x) > 0.3)
+
+
+def test_inverted_dropout_multiplies_by_one_over_keep():
+    g = _graph(nn.Dropout(0.5), torch.randn(64, 64), force="hooks")
+    drop = _first(g, OpKind.DROPOUT)
+    assert _rel(g.signal(drop).forward.second, 2 * g.signal(_first(g, OpKind.INPUT)).forward.second) < EXACT
+
+
+def test_hand_written_dropout_multiplies_by_keep():  # claim 11
+    g = _graph(HandDropout(), torch.randn(64, 64))
+    out = _first(g, OpKind.MUL)
+    assert _rel(g.signal(out).forward.second, 0.7 * g.signal(_first(g, OpKind.INPUT)).forward.second) < 1 / 400
+    assert _rel(g.signal(_first(g, OpKind.INPUT)).backward.second, 0.7 * g.signal(out).backward.second) < 1 / 400
+
+
+# -- pooling, reductions, recurrence, coverage -------------------------------------------------------------------------
+
+
+def test_global_average_pool_keeps_per_channel_means_and_averages_the_rest():
+    model = nn.Sequential(nn.ReLU(), nn.Conv2d(16, 16, 1), nn.AdaptiveAvgPool2d(1))
+    g = _graph(model, torch.randn(8, 16, 8, 8) + 1.0)
+    conv, pool = _first(g, OpKind.CONV), _first(g, OpKind.POOL)
+    w = model[1].weight.detach()
+    relu_mean = g.signal(_first(g, OpKind.ACTIVATION)).forward.mean
+    per_channel = 16 * w.var().item() * relu_mean**2  # offsets the conv makes from the ReLU's mean
+    assert g.signal(pool).forward.second > g.signal(conv).forward.second / 64 + 0.5 * per_channel
+
+
+def test_rnn_tanh_without_recurrence_is_tanh_of_its_input():
+    rnn = nn.RNN(32, 32, batch_first=True, bias=False)
+    nn.init.normal_(rnn.weight_ih_l0, std=1 / math.sqrt(32))
+    nn.init.zeros_(rnn.weight_hh_l0)
+    g = _graph(rnn, torch.randn(8, 12, 32), force="hooks")
+    out = g.signal(_first(g, OpKind.RECURRENT)).forward.second
+    q = 32 * rnn.weight_ih_l0.detach().pow(2).mean().item() * g.signal(_first(g, OpKind.INPUT)).forward.second
+    assert _rel(out, activation_gain(ActivationParams(Activation.TANH), Moments(q)).forward.second) < 1e-3
+
+
+class Opaque(nn.Module):
+    def forward(self, x):
+        return torch.erf(x)  # no transfer function
+
+
+def test_an_unknown_op_passes_its_input_on_and_is_listed():
+    model = nn.Sequential(nn.Linear(16, 16), Opaque(), nn.ReLU())
+    target = from_instance(model, torch.randn(8, 16))
+    graph = capture(target)
+    pred = predict(graph, target.inputs, model=model)
+    unknown = [op.name for op in graph if op.kind is OpKind.UNKNOWN]
+    assert unknown and set(unknown) <= set(pred.fallback)
+    assert not set(unknown) & set(pred.covered(graph))
+    lin = _first(graph, OpKind.LINEAR)
+    assert _rel(pred.signals[unknown[0]].forward.second, pred.signals[lin.name].forward.second) < EXACT
+
+
+def test_predictions_are_linear_in_depth():
+    for depth in (4, 16):
+        g = _graph(nn.Sequential(*[nn.Linear(32, 32) for _ in range(depth)]), torch.randn(4, 32))
+        assert len(g.signals) == len(g)
