@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import networkx as nx
 
 from .graph import ModelGraph
-from .ops import NormKind, Op, OpKind, Reduction
+from .ops import Activation, NormKind, Op, OpKind, Reduction
 
 # Ops that carry a tensor's scale forward without mixing in another signal or a learned layer: what lies
 # between a layer and "the next thing that matters" (a norm, a weight layer, a merge).
@@ -332,6 +332,59 @@ def distribution(tensor) -> str | None:
         return None
     half_width = (f - f.mean()).abs().max().item()
     return "uniform" if half_width <= math.sqrt(3.0) * std * 1.1 else "normal"
+
+
+# -- signals -----------------------------------------------------------------------------------------------
+
+# What `torch.nn.init.calculate_gain` calls the activation after a weight layer, and its gain squared. Smooth
+# ReLU-like activations (GELU, SiLU, ELU, Mish, Softplus) take ReLU's: Kaiming's init is what they are used with.
+_RELU_LIKE = frozenset({Activation.RELU, Activation.RELU6, Activation.GELU, Activation.SILU, Activation.ELU,
+                        Activation.CELU, Activation.MISH, Activation.SOFTPLUS, Activation.HARDSWISH})
+# Where a signal starts afresh: nothing upstream of these sets its scale.
+_SOURCES = frozenset({OpKind.INPUT, OpKind.EMBEDDING, OpKind.PARAM, OpKind.FACTORY, OpKind.RANDOM})
+
+
+def nonlinearity_after(graph: ModelGraph, op: Op) -> tuple[str, float]:
+    """The nonlinearity after a weight layer as ``torch.nn.init.calculate_gain`` names it, and its gain squared:
+    the one activation every path reaches through reshapes and dropout; ``("linear", 1.0)`` otherwise."""
+    stops = next_stops(graph, op, {OpKind.PASSTHROUGH, OpKind.DROPOUT})
+    params = {s.params for s in stops if s.kind is OpKind.ACTIVATION and s.params is not None}
+    if not stops or len(params) != 1 or any(s.kind is not OpKind.ACTIVATION for s in stops):
+        return "linear", 1.0
+    (p,) = params
+    if p.fn in _RELU_LIKE:
+        return "relu", 2.0
+    if p.fn in (Activation.LEAKY_RELU, Activation.PRELU, Activation.RRELU):
+        slope = 0.01 if p.negative_slope is None else p.negative_slope
+        return "leaky_relu", 2.0 / (1.0 + slope * slope)
+    if p.fn is Activation.TANH:
+        return "tanh", 25.0 / 9.0
+    if p.fn is Activation.SELU:
+        return "selu", 9.0 / 16.0
+    return ("sigmoid" if p.fn is Activation.SIGMOID else "linear"), 1.0
+
+
+def signal_path(graph: ModelGraph, op: Op) -> tuple[Op, ...]:
+    """The ops ``op``'s signal came through since it last started afresh (a normalization or a source: input,
+    embedding, parameter), in order, ``op`` last. At each op the path follows the data operand of weight layers
+    and activations, the values of attention, and elsewhere the operand with the largest predicted second moment
+    among those a gradient flows to (a residual add's larger side). Needs predicted signals."""
+    path = [op]
+    while path[-1].kind not in _SOURCES and not is_norm(graph, path[-1]) and path[-1].inputs:
+        cur = path[-1]
+        if cur.kind in WEIGHT_LAYERS or cur.kind is OpKind.ACTIVATION:
+            nxt = cur.inputs[0]
+        elif cur.kind is OpKind.ATTENTION and len(cur.inputs) >= 3:
+            nxt = cur.inputs[2]
+        else:
+            signals = [(n, graph.signal(n)) for n in dict.fromkeys(cur.inputs)]
+            live = [(n, s) for n, s in signals if s is not None and s.backward is not None] or \
+                [(n, s) for n, s in signals if s is not None]
+            if not live:
+                break
+            nxt = max(live, key=lambda ns: ns[1].forward.second)[0]
+        path.append(graph.op(nxt))
+    return tuple(reversed(path))
 
 
 def sig(x: float, digits: int = 3) -> str:

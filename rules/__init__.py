@@ -7,6 +7,7 @@ registered exactly as third-party ones are.
 from .cloned_layer_init import cloned_layer_init
 from .depthwise_fan import depthwise_fan
 from .non_inverted_dropout import non_inverted_dropout
+from .off_scale_weights import off_scale_weights
 from .post_ln import post_ln
 from .recurrent_radius import recurrent_radius
 from .symmetric_init import symmetric_init
@@ -15,6 +16,7 @@ from .unscaled_attention_logits import unscaled_attention_logits
 from .unscaled_residual import unscaled_residual
 
 BUILTIN_RULES: tuple = (
+    off_scale_weights,
     depthwise_fan,
     transposed_conv_checkerboard,
     recurrent_radius,
