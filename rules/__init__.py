@@ -13,6 +13,7 @@ from .recurrent_radius import recurrent_radius
 from .symmetric_init import symmetric_init
 from .transposed_conv_checkerboard import transposed_conv_checkerboard
 from .unscaled_attention_logits import unscaled_attention_logits
+from .unscaled_branch_sum import unscaled_branch_sum
 from .unscaled_residual import unscaled_residual
 
 BUILTIN_RULES: tuple = (
@@ -23,6 +24,7 @@ BUILTIN_RULES: tuple = (
     symmetric_init,
     cloned_layer_init,
     unscaled_residual,
+    unscaled_branch_sum,
     post_ln,
     unscaled_attention_logits,
     non_inverted_dropout,

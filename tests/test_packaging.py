@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -12,11 +13,21 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _tracked() -> list[str]:
+    out = subprocess.run(["git", "ls-files"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    return [p for p in out.splitlines() if os.path.exists(os.path.join(ROOT, p))]
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
-    out = tmp_path_factory.mktemp("wheel")
+    """Built from a copy of the tracked files, so no stale build/ folder or untracked file leaks in."""
+    src, out = tmp_path_factory.mktemp("src"), tmp_path_factory.mktemp("wheel")
+    for rel in _tracked():
+        dest = src / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(os.path.join(ROOT, rel), dest)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    ROOT], check=True, capture_output=True)
+                    str(src)], check=True, capture_output=True)
     (path,) = [p for p in out.iterdir() if p.suffix == ".whl"]
     return path
 
@@ -27,9 +38,10 @@ def test_wheel_layout(wheel):
     assert not any(n.startswith("rules/") for n in names), "a top-level `rules` package would be installed"
     assert "pytest_initlint/__init__.py" in names
     assert "initlint/examples/__init__.py" in names
-    rule_files = sorted(n for n in names if n.startswith("initlint/rules/") and n.endswith(".py"))
-    source = sorted(f"initlint/rules/{f}" for f in os.listdir(os.path.join(ROOT, "rules")) if f.endswith(".py"))
-    assert rule_files == source
+    shipped = {n for n in names if n.endswith(".py")}
+    expected = {("initlint/" + p if p.startswith("rules/") else p) for p in _tracked()
+                if p.endswith(".py") and p.startswith(("initlint/", "rules/", "pytest_initlint/"))}
+    assert expected - shipped == set(), "tracked modules missing from the wheel (list the package in pyproject)"
 
 
 def test_entry_points(wheel):
@@ -59,9 +71,9 @@ def test_installed_wheel_runs_in_a_fresh_environment(wheel, tmp_path):
     code = ("import initlint, initlint.rules, os; from initlint.registry import discover; "
             "print(os.path.dirname(initlint.__file__).startswith(os.environ['VENV'])); "
             "print(len(discover()) == len(initlint.rules.BUILTIN_RULES))")
-    out = subprocess.run([str(py), "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path,
-                         env={**os.environ, "VENV": str(venv)}).stdout.split()
-    assert out == ["True", "True"]
+    run = subprocess.run([str(py), "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "VENV": str(venv)})
+    assert run.stdout.split() == ["True", "True"], run.stderr
     run = subprocess.run([str(venv / "bin" / "initlint"), "initlint.examples:ScaledResidualMLP"],
                          capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode in (0, 1), run.stderr
