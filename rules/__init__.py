@@ -6,10 +6,12 @@ registered exactly as third-party ones are.
 
 from .cloned_layer_init import cloned_layer_init
 from .depthwise_fan import depthwise_fan
+from .hot_classifier_head import hot_classifier_head
 from .non_inverted_dropout import non_inverted_dropout
 from .off_scale_weights import off_scale_weights
 from .post_ln import post_ln
 from .recurrent_radius import recurrent_radius
+from .saturated_activation import saturated_activation
 from .symmetric_init import symmetric_init
 from .transposed_conv_checkerboard import transposed_conv_checkerboard
 from .unscaled_attention_logits import unscaled_attention_logits
@@ -20,6 +22,7 @@ BUILTIN_RULES: tuple = (
     off_scale_weights,
     depthwise_fan,
     transposed_conv_checkerboard,
+    hot_classifier_head,
     recurrent_radius,
     symmetric_init,
     cloned_layer_init,
@@ -28,4 +31,5 @@ BUILTIN_RULES: tuple = (
     post_ln,
     unscaled_attention_logits,
     non_inverted_dropout,
+    saturated_activation,
 )
