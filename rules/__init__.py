@@ -5,6 +5,7 @@ registered exactly as third-party ones are.
 """
 
 from .cloned_layer_init import cloned_layer_init
+from .concat_scale_mismatch import concat_scale_mismatch
 from .depthwise_fan import depthwise_fan
 from .hot_classifier_head import hot_classifier_head
 from .non_inverted_dropout import non_inverted_dropout
@@ -28,6 +29,7 @@ BUILTIN_RULES: tuple = (
     cloned_layer_init,
     unscaled_residual,
     unscaled_branch_sum,
+    concat_scale_mismatch,
     post_ln,
     unscaled_attention_logits,
     non_inverted_dropout,
