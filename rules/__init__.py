@@ -7,6 +7,7 @@ registered exactly as third-party ones are.
 from .cloned_layer_init import cloned_layer_init
 from .concat_scale_mismatch import concat_scale_mismatch
 from .depthwise_fan import depthwise_fan
+from .fp16_range import fp16_range
 from .hot_classifier_head import hot_classifier_head
 from .non_inverted_dropout import non_inverted_dropout
 from .off_scale_weights import off_scale_weights
@@ -33,5 +34,6 @@ BUILTIN_RULES: tuple = (
     post_ln,
     unscaled_attention_logits,
     non_inverted_dropout,
+    fp16_range,
     saturated_activation,
 )

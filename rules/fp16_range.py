@@ -1,0 +1,277 @@
+"""IL301 fp16-range."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from initlint.findings import Fix, Issue, Severity
+from initlint.gains import DTYPE, activation, gaussian
+from initlint.graph import ModelGraph
+from initlint.ops import ActivationParams, Op, OpKind, ScaleParams
+from initlint.patterns import nonlinearity_after, python_path, sig, signal_path
+from initlint.registry import rule
+
+FP16_MAX = 65504.0
+FP16_TINY = 2.0**-14  # smallest normal float16, 6.1e-5: below it values are subnormal, with fewer bits
+FP16_ZERO = 2.0**-25  # half the smallest subnormal (6e-8): below it a value rounds to zero
+BF16_MAX = 3.3895e38  # bfloat16 has float32's exponent range
+BF16_TINY = 2.0**-126
+# Overflow: a fraction of values beyond the largest finite one at or above one in a million (4.9 standard
+# deviations of a centred Gaussian): any realistic batch then holds an inf, and the loss is NaN.
+OVERFLOW = 1e-6
+# Underflow: most values (half or more) below the normal range lose precision; most below half the smallest
+# subnormal are zeros.
+MOST = 0.5
+# The largest gradient value the loss scale must keep finite: the one-in-a-million value, 4.89 stds.
+TAIL = 4.89
+# Ops whose output is float16 under `torch.autocast` or in a `.half()` model. Left out: what autocast runs in
+# float32 (softmax, norms' statistics, pow, exp, rsqrt, sums) and what only moves values (reshapes, dropout, concat).
+_CHECKED = frozenset({OpKind.LINEAR, OpKind.CONV, OpKind.MATMUL, OpKind.ATTENTION, OpKind.RECURRENT,
+                      OpKind.EMBEDDING, OpKind.ACTIVATION, OpKind.ADD, OpKind.SUB, OpKind.MUL, OpKind.SCALE,
+                      OpKind.NORM, OpKind.POOL})
+_MERGES = frozenset({OpKind.ADD, OpKind.SUB, OpKind.MUL})
+
+
+@dataclass(frozen=True)
+class _Range:
+    op: Op
+    std: float
+    over: float  # fraction of values beyond FP16_MAX
+    small: float  # fraction of nonzero values below FP16_TINY (subnormal or flushed)
+    zero: float  # fraction of nonzero values below FP16_ZERO (flushed to zero)
+    bf16_ok: bool  # bfloat16 holds the values
+
+
+@rule("IL301", "fp16-range", severity=Severity.WARNING, needs_signals=True)
+def fp16_range(graph: ModelGraph) -> list[Issue]:
+    """
+    ## What it does
+    Finds predicted forward and backward magnitudes at init that float16 cannot hold: values beyond its
+    largest finite number (65504), values below its smallest normal number (6.1e-5), and gradients whose spread
+    no single loss scale fits. It says where bfloat16, which has float32's range, would hold them.
+
+    Checked are the outputs of the ops that run in float16 under `torch.autocast` or in a `.half()` model:
+    weight layers, attention, activations, sums, products, scalings, norms and pooling. Masks and constants,
+    and what autocast computes in float32 (softmax, `pow`, `rsqrt`, reductions), are not. The predicted values
+    are taken as Gaussian with the engine's mean and variance:
+
+    - overflow (`error`): one value in a million or more is beyond 65504, at the first op where it happens. It
+      becomes inf, and the loss NaN;
+    - underflow: half of the nonzero values or more are below 6.1e-5 (a `warning`: they are subnormal, with
+      fewer significant bits, down to one); an `error` where half or more are below 3e-8, half the smallest
+      subnormal, and become zeros;
+    - gradients (`warning`): at the loss scale that keeps the largest gradients finite (65504 over their
+      one-in-a-million value, what `torch.amp.GradScaler` settles at), half of the smallest op's gradient
+      values or more are subnormal. Absolute gradient magnitudes depend on the loss, which the scaler
+      absorbs; their spread does not.
+
+    ## Why is this bad?
+    Measured (claim 12) on a 5-layer linear net of width 512 whose weights are 10x the variance-preserving std:
+    the output std reaches 1.0e5 and 51% of the float16 values are inf at depth 5 (NaN from depth 6); the
+    Gaussian model predicts 51%. With 0.1x the std, values underflow, but first as subnormals: at depth 5,
+    99.8% are subnormal and 0.24% zero (predicted: 100% and 0.24%); zeros dominate only by depth 8. The
+    seed chapter's "underflow to zero" is therefore a loss of precision before it is a loss of values, and the
+    rule says which.
+
+    bfloat16 keeps float32's exponent range (3.4e38 down to 1.2e-38), so a model that overflows float16 at
+    init often trains in bfloat16; its 8-bit mantissa is coarser than float16's 11, so fixing the init is the
+    better cure. The fix lists the weight layers on the way that are more than 2x off their variance-preserving
+    std, with the std to use.
+
+    ## Example
+    ```python
+    import torch
+    from torch import nn
+
+    layers = []
+    for _ in range(6):
+        layer = nn.Linear(512, 512, bias=False)
+        nn.init.normal_(layer.weight, std=10 / 512 ** 0.5)  # 10x the std that keeps the variance
+        layers.append(layer)
+    model = nn.Sequential(*layers)
+    example_inputs = torch.randn(64, 512)
+    ```
+
+    ## Use instead
+    ```python
+    import torch
+    from torch import nn
+
+    layers = []
+    for _ in range(6):
+        layer = nn.Linear(512, 512, bias=False)
+        nn.init.normal_(layer.weight, std=1 / 512 ** 0.5)
+        layers.append(layer)
+    model = nn.Sequential(*layers)
+    example_inputs = torch.randn(64, 512)
+    ```
+
+    ## References
+    - Micikevicius et al. 2018, "Mixed Precision Training" (loss scaling, the float16 range)
+    - IEEE 754 binary16; Kalamkar et al. 2019, "A Study of BFLOAT16 for Deep Learning Training"
+    - PyTorch `torch.amp` (autocast op lists, `GradScaler`)
+    """
+    ranges = [r for r in (_range(graph, op) for op in graph if _checked(graph, op)) if r is not None]
+    issues = []
+    over = [r for r in ranges if r.over >= OVERFLOW]
+    if over:
+        issues.append(_overflow(graph, over))
+    small = [r for r in ranges if r.small >= MOST]
+    if small:
+        issues.append(_underflow(graph, small, [r for r in small if r.zero >= MOST]))
+    grads = _gradients(graph)
+    if grads is not None:
+        issues.append(grads)
+    return issues
+
+
+def _checked(graph: ModelGraph, op: Op) -> bool:
+    s = graph.signal(op)
+    if op.kind not in _CHECKED or s is None or s.backward is None:
+        return False
+    if op.dtype is not None and not op.dtype.startswith("float"):
+        return False
+    if isinstance(op.params, ScaleParams) and op.params.param is not None:
+        return False  # a learned or buffer scale (LayerScale): a float32 parameter, float32 under autocast
+    if op.kind in _MERGES and any(graph.signal(n) is None or graph.signal(n).backward is None for n in op.inputs):
+        return False  # a mask or a constant added in
+    return True
+
+
+def _range(graph: ModelGraph, op: Op) -> _Range | None:
+    s = graph.signal(op).forward
+    if not math.isfinite(s.second):
+        return _Range(op, math.inf, 1.0, 0.0, 0.0, False)
+    if s.second <= 0.0:
+        return None  # exact zeros (a zero-initialized layer) lose nothing
+    std = math.sqrt(s.variance)
+    if op.kind is OpKind.ACTIVATION and isinstance(op.params, ActivationParams) and op.inputs:
+        x = graph.signal(op.inputs[0]).forward
+        rule_ = gaussian(x.mean, x.variance)
+        y = activation(op.params)(rule_.nodes).abs()
+        nonzero = y > 0
+
+        def frac(mask: torch.Tensor) -> float:
+            return rule_.expect((mask & nonzero).to(DTYPE))
+
+        over = frac(y > FP16_MAX)
+        small, zero, tiny = frac(y < FP16_TINY), frac(y < FP16_ZERO), frac(y < BF16_TINY)
+        huge = frac(y > BF16_MAX)
+    else:
+        over, huge = _beyond(s.mean, std, FP16_MAX), _beyond(s.mean, std, BF16_MAX)
+        small, zero, tiny = (_within(s.mean, std, t) for t in (FP16_TINY, FP16_ZERO, BF16_TINY))
+    return _Range(op, std, over, small, zero, huge < OVERFLOW and tiny < MOST)
+
+
+def _beyond(mean: float, std: float, t: float) -> float:
+    """P(|x| > t) for x ~ N(mean, std^2)."""
+    if std == 0.0:
+        return float(abs(mean) > t)
+    r = std * math.sqrt(2.0)
+    return 0.5 * math.erfc((t - mean) / r) + 0.5 * math.erfc((t + mean) / r)
+
+
+def _within(mean: float, std: float, t: float) -> float:
+    return 1.0 - _beyond(mean, std, t)
+
+
+def _overflow(graph: ModelGraph, over: list[_Range]) -> Issue:
+    first = over[0]
+    name = _name(first.op)
+    more = f" (and {len(over) - 1} later ops)" if len(over) > 1 else ""
+    bf16 = "bfloat16's range (3.4e38) holds it" if first.bf16_ok else "it overflows bfloat16 and float32 too"
+    message = (f"`{name}` has predicted std {sig(first.std)} at init, {sig(first.std / FP16_MAX)}x float16's largest "
+               f"value 65504: {_pct(first.over)} of its values overflow to inf{more}; {bf16}")
+    return Issue(
+        message=message,
+        fix=_init_fix(graph, first, "overflow"),
+        predicted={"std": first.std, "std_over_max": first.std / FP16_MAX, "overflow_fraction": first.over,
+                   "later_ops": len(over) - 1, "bf16_holds": first.bf16_ok},
+        severity=Severity.ERROR,
+        op=first.op.name,
+    )
+
+
+def _underflow(graph: ModelGraph, small: list[_Range], zeros: list[_Range]) -> Issue:
+    first = small[0]
+    name = _name(first.op)
+    message = (f"`{name}` has predicted std {sig(first.std)} at init, {sig(FP16_TINY / first.std)}x below float16's "
+               f"smallest normal value 6.1e-05: {_pct(first.small)} of its nonzero values are subnormal in float16, "
+               f"with fewer significant bits")
+    predicted = {"std": first.std, "tiny_over_std": FP16_TINY / first.std, "subnormal_fraction": first.small,
+                 "bf16_holds": first.bf16_ok}
+    if zeros:
+        z = zeros[0]
+        message += f"; from `{_name(z.op)}` (std {sig(z.std)}) {_pct(z.zero)} round to zero"
+        predicted.update(zero_op=z.op.name, zero_std=z.std, zero_fraction=z.zero)
+    message += "; bfloat16's range (down to 1.2e-38) holds them" if first.bf16_ok else "; so does bfloat16"
+    return Issue(
+        message=message,
+        fix=_init_fix(graph, first, "underflow"),
+        predicted=predicted,
+        severity=Severity.ERROR if zeros else Severity.WARNING,
+        op=first.op.name,
+    )
+
+
+def _gradients(graph: ModelGraph) -> Issue | None:
+    grads = []
+    for op in graph:
+        if _checked(graph, op) and op.kind is not OpKind.EMBEDDING:
+            b = graph.signal(op).backward.second
+            if b > 0 and math.isfinite(b):
+                grads.append((math.sqrt(b), op))
+    if len(grads) < 2:
+        return None
+    (top, big), (low, little) = max(grads, key=lambda g: g[0]), min(grads, key=lambda g: g[0])
+    scale = FP16_MAX / (TAIL * top)
+    fraction = _within(0.0, low * scale, FP16_TINY)
+    if fraction < MOST:
+        return None
+    message = (f"gradients at init span {sig(top / low)}x in std, from `{_name(big)}` ({sig(top)}) to `{_name(little)}` "
+               f"({sig(low)}): at the loss scale that keeps the largest finite in float16, {_pct(fraction)} of "
+               f"`{_name(little)}`'s gradient values are subnormal; bfloat16's range holds both")
+    return Issue(
+        message=message,
+        fix=Fix(summary="Train in bfloat16, whose range is float32's, or re-initialize the layers between the two "
+                        "ops so their gradients stay within float16's range",
+                code='with torch.autocast(device_type="cuda", dtype=torch.bfloat16):\n    loss = loss_fn(model(x), y)'),
+        predicted={"largest_std": top, "smallest_std": low, "spread": top / low, "loss_scale": scale,
+                   "subnormal_fraction": fraction},
+        severity=Severity.WARNING,
+        op=little.name,
+    )
+
+
+def _init_fix(graph: ModelGraph, at: _Range, what: str) -> Fix:
+    lines = []
+    for op in signal_path(graph, at.op):
+        w = op.weight
+        if op.kind not in (OpKind.LINEAR, OpKind.CONV) or w is None or w.tensor is None or not w.fan_in:
+            continue
+        _, g2 = nonlinearity_after(graph, op)
+        std = math.sqrt(g2 / w.fan_in)
+        if w.rms > 0 and abs(math.log(w.rms / std)) > math.log(2.0):
+            lines.append(f'nn.init.normal_(model.get_parameter("{w.name}"), mean=0.0, std={sig(std)})  '
+                         f"# now {sig(w.rms)}")
+    bf16 = '# or train in bfloat16: with torch.autocast(device_type="cuda", dtype=torch.bfloat16): ...'
+    if lines:
+        summary = (f"Re-initialize the {len(lines)} weight layer{'s' if len(lines) > 1 else ''} leading to "
+                   f"`{_name(at.op)}` that {'are' if len(lines) > 1 else 'is'} more than 2x off the "
+                   f"variance-preserving std")
+        return Fix(summary=summary, code="\n".join(lines + ([bf16] if at.bf16_ok else [])))
+    return Fix(summary=f"Rescale the signal before `{_name(at.op)}` (a normalization), or train in bfloat16",
+               code=bf16.removeprefix("# or "))
+
+
+def _name(op: Op) -> str:
+    return python_path(op.module) if op.module else op.name
+
+
+def _pct(fraction: float) -> str:
+    if fraction >= 0.001:
+        return f"{sig(100 * fraction, 3)}%"
+    return f"1 in {sig(1 / fraction, 2)}" if fraction > 0 else "none"
