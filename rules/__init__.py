@@ -14,6 +14,7 @@ from .off_scale_weights import off_scale_weights
 from .post_ln import post_ln
 from .recurrent_radius import recurrent_radius
 from .saturated_activation import saturated_activation
+from .signal_drift import signal_drift
 from .symmetric_init import symmetric_init
 from .transposed_conv_checkerboard import transposed_conv_checkerboard
 from .unscaled_attention_logits import unscaled_attention_logits
@@ -36,4 +37,5 @@ BUILTIN_RULES: tuple = (
     non_inverted_dropout,
     fp16_range,
     saturated_activation,
+    signal_drift,
 )
