@@ -90,7 +90,8 @@ def backward(graph: ModelGraph, ests: Mapping[str, Est], steps: Mapping[str, Ste
                 continue
             gain, passed = _rows_backward(op.kind, step, i, profile, ests[src])
             second = g * grad.gain * gain
-            into.add((op.name, i), math.sqrt(max(second, 0.0)) if not math.isnan(second) else second, passed, False)
+            amp = math.sqrt(max(second, 0.0)) if not math.isnan(second) else second
+            into.add((op.name, i), amp if grad.weights is None else amp * grad.weights.sqrt(), passed, False)
     return back
 
 

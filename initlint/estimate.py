@@ -72,9 +72,11 @@ class Deriv:
 
 @dataclass(frozen=True)
 class Factor:
-    """The gradient's second moment at the operand is ``gain`` times the one at the output."""
+    """The gradient's second moment at the operand is ``gain`` times the one at the output; ``weights``, values
+    on the operand's grid averaging to one, say which of its values take more of it (a max pool's maxima)."""
 
     gain: float
+    weights: torch.Tensor | None = field(default=None, repr=False)
 
 
 Grad = Deriv | Factor | None

@@ -200,13 +200,14 @@ def with_derivative(fn: Fn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 class Gain:
     forward: Moments  # of f(x)
     backward: float  # E[f'(x)^2]: what the gradient's second moment is multiplied by
+    slope: float = 0.0  # E[f'(x)]: what a small offset of x becomes
 
 
 def activation_gain(params: ActivationParams, x: Moments) -> Gain:
     """Gains of an activation for ``x ~ N(x.mean, x.variance)``."""
     rule = gaussian(x.mean, x.variance)
     y, d = with_derivative(activation(params), rule.nodes)
-    return Gain(rule.moments(y), rule.second(d))
+    return Gain(rule.moments(y), rule.second(d), rule.expect(d))
 
 
 __all__ = ["Rule", "Gain", "gaussian", "gamma", "uniform", "bernoulli", "point", "mixture", "max_of", "matched",

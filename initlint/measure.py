@@ -66,8 +66,9 @@ class Recorder:
         self.names = list(graph.ops)
         self.index = {n: i for i, n in enumerate(self.names)}
         self.no_backward = {self.index[op.name] for op in graph if base_name(op.target) in SPLITS}
-        self.fwd: list[tuple[int, torch.Tensor]] = []
-        self.bwd: list[tuple[int, torch.Tensor]] = []
+        self.aliases = aliases(graph)  # ops whose statistics are their producer's: not probed
+        self.fwd: list[tuple[int, torch.Tensor, int]] = []  # op index, [|x|, sum, min, max], numel
+        self.bwd: list[tuple[int, torch.Tensor, int]] = []  # op index, [|g|, sum], numel
         self.handles: list[Any] = []  # hooks on leaf tensors (inputs, parameters), removed at the end
 
     def probe(self, value: Any, idx: int) -> None:
@@ -76,8 +77,9 @@ class Recorder:
             return
         x = t.detach()
         x = x.float() if x.dtype in (torch.float16, torch.bfloat16) or not x.is_floating_point() else x
-        var, mean = torch.var_mean(x, correction=0)
-        self.fwd.append((idx, torch.stack([var + mean * mean, mean, torch.linalg.vector_norm(x, float("inf"))])))
+        # sums, not var_mean: on CPU these are vectorized passes, var_mean a slow Welford loop (50x)
+        lo, hi = torch.aminmax(x)
+        self.fwd.append((idx, torch.stack([torch.linalg.vector_norm(x), x.sum(), lo, hi]), x.numel()))
         if t.requires_grad and idx not in self.no_backward:
             handle = t.register_hook(functools.partial(self._grad, idx))
             if t.grad_fn is None:
@@ -86,16 +88,19 @@ class Recorder:
     def _grad(self, idx: int, g: torch.Tensor) -> None:
         g = g.detach()
         g = g.float() if g.dtype in (torch.float16, torch.bfloat16) else g
-        var, mean = torch.var_mean(g, correction=0)
-        self.bwd.append((idx, torch.stack([var + mean * mean, mean])))
+        self.bwd.append((idx, torch.stack([torch.linalg.vector_norm(g), g.sum()]), g.numel()))
 
     def signals(self) -> dict[str, Signal]:
         fwd = _readback(self.fwd)
         bwd = _readback(self.bwd)
         out = {}
-        for idx, (second, mean, peak) in fwd.items():
-            b = bwd.get(idx)
-            out[self.names[idx]] = Signal(Moments(second, mean), None if b is None else Moments(b[0], b[1]), peak)
+        for idx, ((norm, total, lo, hi), n) in fwd.items():
+            back = bwd.get(idx)
+            out[self.names[idx]] = Signal(_moments(norm, total, n), None if back is None else _moments(*back[0], back[1]),
+                                          max(-lo, hi))
+        for name, src in self.aliases.items():  # in topological order, so chains resolve
+            if src in out:
+                out[name] = out[src]
         return out
 
     def close(self) -> None:
@@ -104,13 +109,17 @@ class Recorder:
         self.handles.clear()
 
 
-def _readback(items: list[tuple[int, torch.Tensor]]) -> dict[int, list[float]]:
+def _moments(norm: float, total: float, n: int) -> Moments:
+    return Moments(norm * norm / n, total / n)
+
+
+def _readback(items: list[tuple[int, torch.Tensor, int]]) -> dict[int, tuple[list[float], int]]:
     if not items:
         return {}
-    values = torch.stack([t.to(torch.float64) for _, t in items]).cpu().tolist()
-    out: dict[int, list[float]] = {}
-    for (idx, _), v in zip(items, values):
-        out.setdefault(idx, v)  # the first call of a node that ran twice
+    values = torch.stack([t.to(torch.float64) for _, t, _ in items]).cpu().tolist()  # one copy from the device
+    out: dict[int, tuple[list[float], int]] = {}
+    for (idx, _, n), v in zip(items, values):
+        out.setdefault(idx, (v, n))  # the first call of a node that ran twice
     return out
 
 
@@ -125,6 +134,9 @@ def measure(graph: ModelGraph, program: Program, device: str = "auto", seed: int
             _run(graph, program, rec, dev, seed)
         finally:
             rec.close()
+            for value in program.cache.values():  # the recorder must not outlive its pass
+                if isinstance(value, tuple) and isinstance(value[-1], Slot):
+                    value[-1].recorder = None
     return rec.signals()
 
 
@@ -140,12 +152,12 @@ def _run(graph: ModelGraph, program: Program, rec: Recorder, dev: torch.device, 
         target.train()
         runner = functools.partial(_hooks_forward, target, graph, rec)
     else:
-        module = program.module()
         if program.capture is Capture.FX:
             model.train()
-        module = _instrument(module, graph, rec, program.prefix)
+        module, slot = _instrumented(program, graph)
         if program.capture is Capture.FX:
             module.train()
+        slot.recorder = rec
         target = copy.deepcopy(module).to(dev) if moved else module
         runner = target
     for name, t in inputs.items():
@@ -181,8 +193,49 @@ def _inputs(graph: ModelGraph, program: Program, args: tuple, kwargs: dict) -> d
     return _input_tensors(graph, ExampleInputs(tuple(args), dict(kwargs)))
 
 
-def _instrument(gm: torch.fx.GraphModule, graph: ModelGraph, rec: Recorder, prefix: str) -> torch.fx.GraphModule:
-    """A copy of ``gm`` (sharing its modules and parameters) with a probe after every node that is an op."""
+_ALIASES = frozenset({"view", "reshape", "unsafe_view", "transpose", "permute", "contiguous", "unsqueeze", "squeeze",
+                      "flatten", "unflatten", "clone", "alias", "t", "view_as", "reshape_as", "movedim", "swapaxes"})
+
+
+def aliases(graph: ModelGraph) -> dict[str, str]:
+    """Reshapes of a tensor nothing else reads: the same elements forward, the same gradient backward, so
+    their statistics are their producer's and need no probe of their own (a third of a transformer's ops)."""
+    out = {}
+    for op in graph:
+        if op.kind is OpKind.PASSTHROUGH and len(op.inputs) == 1 and base_name(op.target) in _ALIASES:
+            if graph.dag.out_degree(op.inputs[0]) == 1 and graph.op(op.inputs[0]).kind is not OpKind.PARAM:
+                out[op.name] = op.inputs[0]
+    return out
+
+
+class Slot:
+    """The probe the instrumented graph calls; it forwards to the recorder of the pass under way."""
+
+    __name__ = "initlint_probe"  # what torch.fx names the inserted nodes after
+
+    def __init__(self):
+        self.recorder: Recorder | None = None
+
+    def __call__(self, value: Any, idx: int) -> None:
+        if self.recorder is not None:
+            self.recorder.probe(value, idx)
+
+
+def _instrumented(program: Program, graph: ModelGraph) -> tuple[torch.fx.GraphModule, Slot]:
+    """The program with a probe after every node that is an op, built once per program and graph (code
+    generation costs more than a small model's step) and kept in the program's cache."""
+    key = ("instrumented", tuple(graph.ops))
+    if key not in program.cache:
+        slot = Slot()
+        program.cache[key] = (_instrument(program.module(), graph, slot, program.prefix), slot)
+    return program.cache[key]
+
+
+def _instrument(gm: torch.fx.GraphModule, graph: ModelGraph, slot: Slot, prefix: str) -> torch.fx.GraphModule:
+    """A copy of ``gm`` (sharing its modules and parameters) with ``slot(value, op index)`` after every node
+    that is an op; the index is the op's position in ``graph``."""
+    index = {name: i for i, name in enumerate(graph.ops)}
+    skip = aliases(graph)
     g = copy.deepcopy(gm.graph)
     params = {op.weight.name: op.name for op in graph.of_kind(OpKind.PARAM) if op.weight is not None}
     for node in list(g.nodes):
@@ -190,13 +243,13 @@ def _instrument(gm: torch.fx.GraphModule, graph: ModelGraph, rec: Recorder, pref
             target = str(node.target)
             name = params.get(target) or params.get(target[len(prefix):] if target.startswith(prefix) else "")
         elif node.op in ("call_function", "call_method", "call_module"):
-            name = node.name if node.name in rec.index else None
+            name = node.name if node.name in index and node.name not in skip else None
         else:
             name = None
         if name is None:
             continue
         with g.inserting_after(node):
-            g.call_function(rec.probe, (node, rec.index[name]))
+            g.call_function(slot, (node, index[name]))
     return torch.fx.GraphModule(gm, g, type(gm).__name__)
 
 

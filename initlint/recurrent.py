@@ -31,28 +31,39 @@ def _g(params: ActivationParams, variance: float):
     return activation_gain(params, Moments(max(variance, 0.0)))
 
 
-def _layer_forward(mode: RecurrentMode, x_in: float, bias: float, rec: float, steps: int):
-    """Per-step statistics of one layer and direction: outputs and what backward needs."""
-    s_h, c, out, trace = 0.0, 0.0, [], []
+def _layer_forward(mode: RecurrentMode, x_in: float, x_unit: float, bias: float, rec: float, steps: int):
+    """Per-step statistics of one layer and direction: outputs and what backward needs.
+
+    Biases (and the input's per-unit means) are the same at every step: a cell state that sums them sums
+    them coherently. ``a`` tracks how much of the tanh-gate's per-unit offset the cell has accumulated."""
+    s_h = u_h = c = a = 0.0
+    out, trace = [], []
     for _ in range(steps):
         pre = x_in + bias + rec * s_h
+        steady = min(x_unit + bias + rec * u_h, pre)  # the part of ``pre`` that is the same at every step
         if mode in (RecurrentMode.RNN_TANH, RecurrentMode.RNN_RELU):
             g = _g(_TANH if mode is RecurrentMode.RNN_TANH else _RELU, pre)
             trace.append((pre, g.backward))
-            s_h = g.forward.second
-        elif mode is RecurrentMode.LSTM:
+            s_h, u_h = g.forward.second, g.slope**2 * steady
+        elif mode is RecurrentMode.LSTM:  # c' = f c + i g, h = o tanh(c), gates alike in distribution
             sg, th = _g(_SIGMOID, pre), _g(_TANH, pre)
+            u_g = th.slope**2 * steady
             c_prev = c
-            c = sg.forward.second * c + sg.forward.second * th.forward.second
+            c = sg.forward.second * (c + th.forward.second) + 2 * sg.forward.mean**2 * a * u_g
+            a = sg.forward.mean * (a + 1)
             tc = _g(_TANH, c)
             trace.append((sg, th, tc, c_prev))
-            s_h = sg.forward.second * tc.forward.second
+            s_h, u_h = sg.forward.second * tc.forward.second, (sg.forward.mean * tc.slope * a) ** 2 * u_g
         else:  # GRU: n = tanh(W_in x + r * (W_hn h)), h' = (1 - z) n + z h
             sg = _g(_SIGMOID, pre)
             n = _g(_TANH, x_in + bias + sg.forward.second * rec * s_h)
+            u_n = n.slope**2 * min(x_unit + bias + sg.forward.mean**2 * rec * u_h, pre)
             z2, one_minus_z2 = sg.forward.second, 1 - 2 * sg.forward.mean + sg.forward.second
             trace.append((sg, n, s_h))
-            s_h = one_minus_z2 * n.forward.second + z2 * s_h
+            cross = 2 * (sg.forward.mean - sg.forward.second) * a * u_n  # E[(1-z) z] m_n m_h
+            s_h = one_minus_z2 * n.forward.second + z2 * s_h + cross
+            a = (1 - sg.forward.mean) + sg.forward.mean * a
+            u_h = a * a * u_n
         out.append(s_h)
     return out, trace
 
@@ -85,19 +96,20 @@ def _layer_backward(mode: RecurrentMode, grads: list[float], trace, rec: float, 
     return dx
 
 
-def run(p: RecurrentParams, x_second: float, w_ih2: float, w_hh2: float, bias2: float, radii: Sequence[float]):
+def run(p: RecurrentParams, x_second: float, w_ih2: float, w_hh2: float, bias2: float, radii: Sequence[float],
+        x_unit: float = 0.0):
     """``(output second moment, gradient gain at the input)`` for a unit gradient at every output."""
     steps = max(p.seq_len or 1, 1)
     dirs = 2 if p.bidirectional else 1
-    layers, s_in = [], [x_second] * steps
+    layers, s_in, u_in = [], [x_second] * steps, x_unit
     for layer in range(p.num_layers):
         fan_in = p.input_size if layer == 0 else p.hidden_size * dirs
         idx = layer * dirs
         rec = radii[idx] ** 2 if idx < len(radii) else p.hidden_size * w_hh2
         x_in = fan_in * w_ih2 * (sum(s_in) / steps)
-        out, trace = _layer_forward(p.mode, x_in, bias2, rec, steps)
+        out, trace = _layer_forward(p.mode, x_in, fan_in * w_ih2 * u_in, bias2, rec, steps)
         layers.append((trace, rec))
-        s_in = out
+        s_in, u_in = out, 0.0
     grads = [1.0] * steps
     for trace, rec in reversed(layers):
         dx = _layer_backward(p.mode, grads, trace, rec, w_ih2, p.hidden_size)
@@ -113,7 +125,8 @@ def transfer(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
     seq = p.seq_len or (ins[0].shape[1] if p.batch_first else ins[0].shape[0]) if ins[0].shape else p.seq_len
     params = RecurrentParams(p.mode, p.input_size, p.hidden_size, p.num_layers, p.bidirectional,
                              p.batch_first, seq, p.spectral_radius)
-    out, back = run(params, ins[0].second, op.weight.second_moment, hidden, 2 * hidden, p.spectral_radius)
+    out, back = run(params, ins[0].second, op.weight.second_moment, hidden, 2 * hidden, p.spectral_radius,
+                    ins[0].unit)
     return Step(out, 0.0, grads=(Factor(back),) + (None,) * (len(ins) - 1))
 
 

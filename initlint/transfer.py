@@ -319,9 +319,25 @@ def _pool(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
     if kind in (PoolKind.MAX, PoolKind.ADAPTIVE_MAX):
         rule = _max_within_units(ctx, x, k) or max_of(ctx.rule(x), x.values, k)
         m = rule.moments(rule.nodes)
-        return Step(m.second, m.mean, x.unit, rule=rule, grads=(Factor(ratio),), channels_first=True)
+        return Step(m.second, m.mean, x.unit, rule=rule, channels_first=True,
+                    grads=(Factor(ratio, _argmax_weights(ctx.rule(x), x.values, k)),))
     u = min(x.unit, x.variance)
     return Step(x.mean**2 + u + (x.variance - u) / k, x.mean, u, grads=(Factor(ratio / k),), channels_first=True)
+
+
+def _argmax_weights(rule: Rule, values: torch.Tensor, k: int) -> torch.Tensor:
+    """How much of a max pool's gradient an input of each value receives, relative to the average: it goes
+    to the window's largest value, so to a value ``v`` with probability ``F(v)^(k-1)`` (ties shared)."""
+    order = torch.argsort(values)
+    v, w = values[order], rule.weights[order]
+    _, group, counts = torch.unique_consecutive(v, return_inverse=True, return_counts=True)
+    mass = torch.zeros(len(counts), dtype=DTYPE).index_add_(0, group, w)
+    upper = torch.cumsum(mass, 0).clamp(max=1.0)
+    lower = upper - mass
+    per_group = (upper**k - lower**k) / mass.clamp(min=1e-300)  # P(chosen | value) * k, ties shared
+    out = torch.empty_like(values)
+    out[order] = per_group[group]
+    return out / max(float((rule.weights * out).sum()), 1e-300)
 
 
 def _max_within_units(ctx: Ctx, x: Est, k: int) -> Rule | None:

@@ -37,6 +37,7 @@ class Program:
     exported: Any = field(default=None, repr=False)  # torch.export.ExportedProgram
     values: tuple = field(default=(), repr=False)
     prefix: str = ""
+    cache: dict = field(default_factory=dict, repr=False, compare=False)  # what runs of it may reuse
 
     def module(self) -> torch.fx.GraphModule | None:
         if self.capture is Capture.FX:
