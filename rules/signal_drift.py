@@ -24,44 +24,6 @@ _COUNTED = frozenset({OpKind.LINEAR, OpKind.CONV, OpKind.ACTIVATION})
 _TO_OUTPUT = frozenset({OpKind.PASSTHROUGH, OpKind.DROPOUT, OpKind.ACTIVATION})
 
 
-@dataclass(frozen=True)
-class _Step:
-    op: Op  # a weight layer, or an activation with none before it
-    forward: float  # what it multiplies the forward second moment by (its activation included)
-    backward: float  # what it multiplies the gradient's energy (second moment x elements) by, output to input
-    activation: Op | None = None  # the activation right after the weight layer, folded in
-
-    @property
-    def label(self) -> str:
-        act = self.activation
-        return f"`{_name(self.op)}`" + (f" with its {act.params.fn.value}" if act is not None else "")
-
-
-@dataclass(frozen=True)
-class _Drift:
-    end: Op  # the norm or output the stretch ends at
-    steps: tuple[_Step, ...]
-    forward: float
-    backward: float
-
-    @property
-    def worst(self) -> float:
-        return max(abs(math.log(self.forward)), abs(math.log(self.backward)))
-
-    def compounding(self) -> float:
-        """The larger |log factor| of the two directions once the step pushing hardest that way is left out."""
-        rest = []
-        for direction in ("forward", "backward"):
-            logs = [math.log(getattr(s, direction)) for s in self.steps]
-            total = sum(logs)
-            rest.append(abs(total) - max(max(math.copysign(1.0, total) * v for v in logs), 0.0))
-        return max(rest)
-
-    @property
-    def layers(self) -> tuple[Op, ...]:
-        return tuple(s.op for s in self.steps if s.op.kind is not OpKind.ACTIVATION)
-
-
 @rule("IL303", "signal-drift", severity=Severity.WARNING, needs_signals=True)
 def signal_drift(graph: ModelGraph) -> Issue | None:
     """
@@ -185,6 +147,44 @@ def signal_drift(graph: ModelGraph) -> Issue | None:
         severity=Severity.INFO if worst.end.kind is not OpKind.OUTPUT else None,
         op=last.name,
     )
+
+
+@dataclass(frozen=True)
+class _Step:
+    op: Op  # a weight layer, or an activation with none before it
+    forward: float  # what it multiplies the forward second moment by (its activation included)
+    backward: float  # what it multiplies the gradient's energy (second moment x elements) by, output to input
+    activation: Op | None = None  # the activation right after the weight layer, folded in
+
+    @property
+    def label(self) -> str:
+        act = self.activation
+        return f"`{_name(self.op)}`" + (f" with its {act.params.fn.value}" if act is not None else "")
+
+
+@dataclass(frozen=True)
+class _Drift:
+    end: Op  # the norm or output the stretch ends at
+    steps: tuple[_Step, ...]
+    forward: float
+    backward: float
+
+    @property
+    def worst(self) -> float:
+        return max(abs(math.log(self.forward)), abs(math.log(self.backward)))
+
+    def compounding(self) -> float:
+        """The larger |log factor| of the two directions once the step pushing hardest that way is left out."""
+        rest = []
+        for direction in ("forward", "backward"):
+            logs = [math.log(getattr(s, direction)) for s in self.steps]
+            total = sum(logs)
+            rest.append(abs(total) - max(max(math.copysign(1.0, total) * v for v in logs), 0.0))
+        return max(rest)
+
+    @property
+    def layers(self) -> tuple[Op, ...]:
+        return tuple(s.op for s in self.steps if s.op.kind is not OpKind.ACTIVATION)
 
 
 def _ends(graph: ModelGraph):
