@@ -143,7 +143,9 @@ def _checked(graph: ModelGraph, op: Op) -> bool:
 
 def _range(graph: ModelGraph, op: Op) -> _Range | None:
     s = graph.signal(op).forward
-    if not math.isfinite(s.second):
+    if math.isnan(s.second) or math.isnan(s.mean):
+        return None  # no statistics (a model on the meta device)
+    if math.isinf(s.second):
         return _Range(op, math.inf, 1.0, 0.0, 0.0, False)
     if s.second <= 0.0:
         return None  # exact zeros (a zero-initialized layer) lose nothing

@@ -149,3 +149,10 @@ def test_near_misses_and_what_autocast_keeps_in_float32():
             return x + self.gamma * self.fc(scores @ x)
 
     assert findings(Masked(), torch.randn(2, 16, 64)) == []
+
+
+def test_a_model_on_the_meta_device_has_no_statistics_to_judge():
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10))
+    report = lint(model, None, select=["IL301"], input_shapes=[[4, 64]])
+    assert report.targets[0].error is None and report.findings == []
