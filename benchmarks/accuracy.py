@@ -4,8 +4,8 @@
 
 For each architecture of :mod:`benchmarks.suite`: capture, three measurement passes (CPU, seeds 0, 1, 2; the
 mean of each measured moment over the three is the reference, since one pass's loss targets make the
-gradient statistics noisy where few independent rows carry them), then the static prediction (with the measurement as fallback for ops that have no transfer function, which are not
-counted). An op's forward prediction is a hit when ``|log2(predicted / measured)| <= 0.585`` for the second
+gradient statistics noisy where few independent rows carry them), then the static prediction (with the
+measurement as fallback for ops that have no transfer function, which are not counted). An op's forward prediction is a hit when ``|log2(predicted / measured)| <= 0.585`` for the second
 moment of its output; backward likewise for the gradient at its output. Inputs, parameters used as operands
 and the output are read, not predicted: they are left out of the forward count (their gradients are counted).
 Ops whose measurement is not finite are left out and listed.
@@ -123,7 +123,8 @@ def main(argv=None) -> int:
         r = evaluate(name)
         results.append(r)
         f, b = r["forward"], r["backward"]
-        print(f"{name:24s} {r['capture']:7s} {r['ops']:4d} {len(r['fallback']):8d} {f[0]:4d}/{f[1]:<5d} {b[0]:4d}/{b[1]:<5d}")
+        print(f"{name:24s} {r['capture']:7s} {r['ops']:4d} {len(r['fallback']):8d} {f[0]:4d}/{f[1]:<5d} "
+              f"{b[0]:4d}/{b[1]:<5d}")
     fh, fn = sum(r["forward"][0] for r in results), sum(r["forward"][1] for r in results)
     bh, bn = sum(r["backward"][0] for r in results), sum(r["backward"][1] for r in results)
     print(f"\nforward:  {fh}/{fn} = {fh / max(fn, 1):.1%} of covered ops within x1.5")

@@ -108,7 +108,7 @@ class Step:
         return self.rule or gaussian(self.mean, max(self.second - self.mean * self.mean, 0.0))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Ctx:
     """What transfer functions may consult besides their operands."""
 

@@ -96,8 +96,8 @@ class Recorder:
         out = {}
         for idx, ((norm, total, lo, hi), n) in fwd.items():
             back = bwd.get(idx)
-            out[self.names[idx]] = Signal(_moments(norm, total, n), None if back is None else _moments(*back[0], back[1]),
-                                          max(-lo, hi))
+            grad = None if back is None else _moments(*back[0], back[1])
+            out[self.names[idx]] = Signal(_moments(norm, total, n), grad, max(-lo, hi))
         for name, src in self.aliases.items():  # in topological order, so chains resolve
             if src in out:
                 out[name] = out[src]

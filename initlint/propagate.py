@@ -1,10 +1,11 @@
 """The variance engine: predict every op's forward and backward second moments without running the model.
 
 Forward, in topological order, each op's transfer function (one per :class:`~initlint.ops.OpKind`, in
-:mod:`initlint.transfer`, :mod:`initlint.elementwise` and :mod:`initlint.recurrent`) turns its operands'
-estimates into its own: second moment, mean, per-unit mean variance and distribution. Inputs are unit
-Gaussians, or have the statistics of the example inputs when given. The model is assumed in training mode:
-BatchNorm normalizes with batch statistics and dropout is active.
+:mod:`initlint.transfer`, :mod:`initlint.attention`, :mod:`initlint.elementwise` and
+:mod:`initlint.recurrent`) turns its operands' estimates into its own: second moment, mean, per-unit mean
+variance and distribution. Inputs are unit Gaussians, or have the statistics of the example inputs when
+given. The model is assumed in training mode: BatchNorm normalizes with batch statistics and dropout is
+active.
 
 Backward, in reverse topological order, starts from the loss convention ``L = sum_i <y_i, r_i>`` over the
 model's float outputs ``y_i`` with ``r_i ~ N(0, 1)``: the gradient at each output has second moment 1 and is
@@ -36,14 +37,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import elementwise, recurrent, transfer
+from . import attention, elementwise, recurrent, transfer
 from .backprop import ROWWISE, backward
 from .estimate import Ctx, Deriv, Est, Factor, Step, Transfer
 from .gains import DTYPE, gaussian, matched, point
 from .graph import ModelGraph, Moments, Signal
 from .ops import NormKind, Op, OpKind
 
-TABLE: dict[OpKind, Transfer] = {**transfer.TABLE, **elementwise.TABLE, OpKind.RECURRENT: recurrent.transfer}
+TABLE: dict[OpKind, Transfer] = {**transfer.TABLE, **attention.TABLE, **elementwise.TABLE,
+                                  OpKind.RECURRENT: recurrent.transfer}
 _NO_GRAD = frozenset({OpKind.COMPARE, OpKind.RANDOM, OpKind.FACTORY})
 _EXACT = frozenset({OpKind.INPUT, OpKind.PARAM, OpKind.OUTPUT})  # statistics read, not predicted
 

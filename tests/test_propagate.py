@@ -19,7 +19,7 @@ from initlint.graph import Moments
 from initlint.load import from_instance
 from initlint.ops import Activation, ActivationParams, OpKind
 from initlint.propagate import predict, propagate
-from initlint.transfer import logit_variance
+from initlint.attention import logit_variance
 
 EXACT = 1e-6  # relative: the engine evaluates the same closed form (float64 arithmetic)
 FLOAT32 = 1e-5  # relative: the same closed form, with weight statistics computed in float32
