@@ -6,9 +6,10 @@ For each architecture of :mod:`benchmarks.suite`: capture, three measurement pas
 mean of each measured moment over the three is the reference, since one pass's loss targets make the
 gradient statistics noisy where few independent rows carry them), then the static prediction (with the
 measurement as fallback for ops that have no transfer function, which are not counted). An op's forward
-prediction is a hit when ``|log2(predicted / measured)| <= 0.585`` for the second moment of its output; backward likewise for the gradient at its output. Inputs, parameters used as operands
-and the output are read, not predicted: they are left out of the forward count (their gradients are counted).
-Ops whose measurement is not finite are left out and listed.
+prediction is a hit when ``|log2(predicted / measured)| <= 0.585`` for the second moment of its output;
+backward likewise for the gradient at its output. Inputs, parameters used as operands and the output are
+read, not predicted: they are left out of the forward count (their gradients are counted). Ops whose
+measurement is not finite are left out and listed.
 """
 
 from __future__ import annotations
