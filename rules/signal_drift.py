@@ -95,7 +95,7 @@ def signal_drift(graph: ModelGraph) -> Issue | None:
     ## References
     - He et al. 2015, "Delving Deep into Rectifiers" (the product of per-layer factors over depth)
     - Schoenholz et al. 2017, "Deep Information Propagation"
-    - PyTorch issue #18182, "nn.Linear's default init" (`kaiming_uniform_(a=sqrt(5))`)
+    - PyTorch issue #15314, "Kaiming init of conv and linear layers, why gain = sqrt(5)"
     """
     worst: _Drift | None = None
     for end, last in _ends(graph):
