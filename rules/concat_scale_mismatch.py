@@ -125,6 +125,8 @@ def _contracts(layer: Op, dim: int, rank: int, shape: tuple[int, ...]) -> bool:
     """Whether ``layer`` sums over the concatenated dimension: the last one for a linear layer, the channels
     (dimension 1) for a conv; and reads the whole concatenated width."""
     p = layer.params
+    if p is None:
+        return False
     if layer.kind is OpKind.LINEAR:
         return dim == rank - 1 and p.in_features == shape[-1]
     return dim == 1 and rank >= 3 and p.in_channels == shape[1] and not p.transposed and p.groups == 1

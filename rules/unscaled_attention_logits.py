@@ -72,7 +72,9 @@ def unscaled_attention_logits(op: Op, graph: ModelGraph) -> Issue | None:
     Measured (`measured-claims.md`, claim 9, d = 512, d_k = 64, n = 128): Xavier projections d -> d_k give q
     and k a variance of 2d/(d + d_k) = 1.78, not 1, so the logit variance with `1/sqrt(d_k)` is 3.16 (the
     engine predicts 3.15; not reported), and without the scale 203 (predicted 202): std 14.2, entropy 0.35
-    against ln(n) = 4.85. `nn.MultiheadAttention`'s packed projection, Xavier over `(3d, d)`, gives 0.25.
+    against ln(n) = 4.85. `nn.MultiheadAttention`'s packed projection, Xavier over `(3d, d)`, gives 0.25. T5
+    with its query projection initialized like its key projection (the folded scale removed, attention still
+    called with scale 1, d_kv = 16): predicted 16.0, measured 14.5 over 64 sequences.
 
     The finding is a warning from a logit std of 3, three times what `1/sqrt(d_k)` aims at and above the 1.78
     of the healthy Xavier case, and an error when each query effectively attends to two keys or fewer

@@ -207,7 +207,7 @@ def _stacked_sum(graph: ModelGraph, op: Op) -> list[Op] | None:
     if p is None or p.kind is not Reduction.SUM or len(op.inputs) != 1:
         return None
     src = graph.op(op.inputs[0])
-    if src.kind is not OpKind.CONCAT or not src.params.stack or not src.shape:
+    if src.kind is not OpKind.CONCAT or src.params is None or not src.params.stack or not src.shape:
         return None
     rank = len(src.shape)
     if {d % rank for d in p.dims} != {src.params.dim % rank}:
