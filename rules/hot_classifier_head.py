@@ -19,6 +19,9 @@ EXCESS_NATS = 1.0
 # The fix aims at this logit std: 0.12 nats above ln(C) for any C, classes still told apart.
 TARGET_STD = 0.5
 _TO_END = frozenset({OpKind.PASSTHROUGH, OpKind.DROPOUT})
+# Losses over class logits computed in forward (Hugging Face models given labels); the capture keeps them as ops
+# of unknown semantics, named by what was called.
+_LOSSES = ("cross_entropy", "nll_loss")
 
 
 @rule("IL104", "hot-classifier-head", applies_to={OpKind.LINEAR, OpKind.CONV}, severity=Severity.WARNING,
@@ -27,8 +30,9 @@ def hot_classifier_head(op: Op, graph: ModelGraph) -> Issue | None:
     """
     ## What it does
     Finds the layer producing a classifier's logits (a linear layer whose output is the model output, or a
-    linear or conv layer feeding a softmax or log-softmax) whose predicted logit std s at init makes the
-    expected initial cross-entropy exceed ln(C), the loss of a uniform guess over C classes, by 1 nat or more.
+    linear or conv layer feeding a softmax, a log-softmax or a cross-entropy computed in forward) whose
+    predicted logit std s at init makes the expected initial cross-entropy exceed ln(C), the loss of a uniform
+    guess over C classes, by 1 nat or more.
 
     The expected loss is computed for independent Gaussian logits of std s and a uniformly random target (a
     seeded numerical integral, the variance engine's softmax statistics): s = 1.6 for C = 10, s = 1.42 for
@@ -146,6 +150,10 @@ def _classes(graph: ModelGraph, op: Op) -> int | None:
         if end.kind is OpKind.SOFTMAX and end.params is not None and end.shape:
             if end.shape[end.params.dim % len(end.shape)] != classes:
                 return None  # a softmax over positions or heads, not over these outputs
+        elif end.kind is OpKind.UNKNOWN and end.target.rsplit(".", 1)[-1] in _LOSSES:
+            logits = graph.op(end.inputs[0]).shape if end.inputs else None  # classes along dim 1, or 0 alone
+            if not logits or logits[1 if len(logits) > 1 else 0] != classes:
+                return None
         elif not (end.kind is OpKind.OUTPUT and last):
             return None
     return classes

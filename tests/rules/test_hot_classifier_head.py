@@ -111,6 +111,24 @@ def test_log_softmax_heads_of_language_models_are_found():
     assert findings(LM(0.02), ids) == []
 
 
+def test_a_cross_entropy_computed_in_forward_marks_the_logits():
+    class WithLoss(nn.Module):  # as Hugging Face models do when given labels
+        def __init__(self, std):
+            super().__init__()
+            self.fc = nn.Linear(32, 10)
+            nn.init.normal_(self.fc.weight, std=std)
+
+        def forward(self, x, labels):
+            logits = self.fc(x)
+            return F.cross_entropy(logits, labels), logits
+
+    torch.manual_seed(0)
+    inputs = (torch.randn(4, 32), torch.randint(0, 10, (4,)))
+    (f,) = findings(WithLoss(1.0), inputs)
+    assert f.op == "fc" and f.predicted["classes"] == 10
+    assert findings(WithLoss(0.02), inputs) == []
+
+
 def test_a_tied_embedding_makes_the_loss_higher_than_printed():
     """The docs: a tied N(0, 1) embedding at d = 64 measures 60.5 for a predicted 24.9 (a lower bound)."""
     class TinyLM(nn.Module):
