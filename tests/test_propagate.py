@@ -376,3 +376,51 @@ def test_predictions_are_linear_in_depth():
     for depth in (4, 16):
         g = _graph(nn.Sequential(*[nn.Linear(32, 32) for _ in range(depth)]), torch.randn(4, 32))
         assert len(g.signals) == len(g)
+
+
+# -- more measured claims ---------------------------------------------------------------------------------------
+
+
+class Residual(nn.Module):
+    """``x + f(x)`` (or ``(x + f(x)) / sqrt 2``, or Pre-LN ``x + f(LN(x))``) with variance-preserving ``f``."""
+
+    def __init__(self, depth: int, mode: str, width: int = 256):
+        super().__init__()
+        self.fs = nn.ModuleList(nn.Linear(width, width, bias=False) for _ in range(depth))
+        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(depth))
+        for f in self.fs:
+            nn.init.normal_(f.weight, std=1 / math.sqrt(width))
+        self.mode = mode
+
+    def forward(self, x):
+        for f, norm in zip(self.fs, self.norms):
+            if self.mode == "pre-ln":
+                x = x + f(norm(x))
+            elif self.mode == "scaled":
+                x = (x + f(x)) / math.sqrt(2)
+            else:
+                x = x + f(x)
+        return x
+
+
+@pytest.mark.parametrize("mode, expected", [("plain", 4096.0), ("scaled", 1.0), ("pre-ln", 13.0)])
+def test_residual_streams_over_twelve_blocks(mode, expected):  # claim 5: 4096; 1; 1 + L
+    g = _graph(Residual(12, mode), torch.randn(16, 256))
+    out = g.signal(g.op("output").inputs[0]).forward.second
+    assert _rel(out, expected) < 2 * CLAIM  # twelve realized weight matrices, each within about 1%
+
+
+class CatConv(nn.Module):
+    def __init__(self, c: int, c_out: int):
+        super().__init__()
+        self.conv = nn.Conv2d(2 * c, c_out, 1, bias=False)
+        nn.init.xavier_normal_(self.conv.weight)
+
+    def forward(self, a, b):
+        return self.conv(torch.cat([a, b], 1))
+
+
+@pytest.mark.parametrize("c_out, expected", [(16, 1.6), (32, 4 / 3), (64, 1.0), (128, 2 / 3)])
+def test_unet_concat_into_a_xavier_conv(c_out, expected):  # claim 7: 4c/(2c + c_out), not always 4/3
+    g = _graph(CatConv(32, c_out), torch.randn(2, 32, 8, 8), torch.randn(2, 32, 8, 8))
+    assert _rel(g.signal(_first(g, OpKind.CONV)).forward.second, expected) < SAMPLING
