@@ -145,7 +145,7 @@ def unscaled_attention_logits(op: Op, graph: ModelGraph) -> Issue | None:
         f"entropy {sig(st.entropy, 2)} against ln({logits.keys}) = {sig(ln_n)}, {sig(100 * st.top, 2)}% of a "
         f"query's weight on its top key"
     )
-    fix, after = _fix(graph, logits)
+    fix, after, qk_factor = _fix(graph, logits)
     predicted = {
         "logit_std": std,
         "logit_variance": logits.variance,
@@ -157,6 +157,7 @@ def unscaled_attention_logits(op: Op, graph: ModelGraph) -> Issue | None:
         "scale": logits.scale,
         "head_dim": logits.head_dim,
         "logit_std_after_fix": math.sqrt(after),
+        "qk_weight_factor": qk_factor,
     }
     return Issue(message=message, fix=fix, predicted=predicted, severity=severity)
 
@@ -327,8 +328,8 @@ def _softmax_entropy(keys: int, variance: float) -> Entropy:
 # -- the fix -----------------------------------------------------------------------------------------------
 
 
-def _fix(graph: ModelGraph, logits: Logits) -> tuple[Fix, float]:
-    """The fix and the logit variance it leads to."""
+def _fix(graph: ModelGraph, logits: Logits) -> tuple[Fix, float, float | None]:
+    """The fix, the logit variance it leads to and the factor on the q and k weights (when that is the fix)."""
     d = logits.head_dim
     scaled = d is not None and logits.scale is not None and abs(logits.scale * math.sqrt(d) - 1) <= _SCALE_TOL
     if d and logits.scale is not None and not scaled:
@@ -338,13 +339,13 @@ def _fix(graph: ModelGraph, logits: Logits) -> tuple[Fix, float]:
                 return Fix(
                     summary=f"Use the default scale 1/sqrt({d}) = {sig(1 / math.sqrt(d))} in the attention call",
                     code="out = F.scaled_dot_product_attention(q, k, v)  # scale=None: 1/math.sqrt(q.size(-1))",
-                ), after
+                ), after, None
             factor = 1.0 / (logits.scale * math.sqrt(d))
             how = f"/ math.sqrt({d})" if abs(logits.scale - 1.0) <= _SCALE_TOL else f"* {sig(factor)}"
             return Fix(
                 summary=f"Scale the logits by 1/sqrt({d}) = {sig(1 / math.sqrt(d))}",
                 code=f"scores = q @ k.transpose(-2, -1) {how}",
-            ), after
+            ), after, None
     factor = (TARGET_VARIANCE / logits.variance) ** 0.25
     lines = _rescale_code(graph, logits, factor)
     summary = (f"Scale the query and key projections' weights by {sig(factor)}, which brings the logit variance "
@@ -352,7 +353,7 @@ def _fix(graph: ModelGraph, logits: Logits) -> tuple[Fix, float]:
     if not lines:
         summary = f"Scale the logits by {sig(factor * factor)}, which brings their variance to {sig(TARGET_VARIANCE, 2)}"
         lines = f"scores = scores * {sig(factor * factor)}"
-    return Fix(summary=summary, code=lines), TARGET_VARIANCE
+    return Fix(summary=summary, code=lines), TARGET_VARIANCE, factor
 
 
 def _rescale_code(graph: ModelGraph, logits: Logits, factor: float) -> str:

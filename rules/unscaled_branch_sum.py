@@ -29,8 +29,8 @@ _SOURCES = frozenset({OpKind.PARAM, OpKind.FACTORY, OpKind.RANDOM})
 def unscaled_branch_sum(op: Op, graph: ModelGraph) -> Issue | None:
     """
     ## What it does
-    Finds sums of N >= 2 parallel branches of one input, `f1(x) + f2(x) + ... + fN(x)` (Inception- or
-    multi-path-style, written with `+` or as `torch.stack([...]).sum(0)`), that are not scaled down, so the
+    Finds sums of N >= 2 parallel branches of one input, such as `f1(x) + f2(x) + f3(x)` (Inception- or
+    multi-path-style, written with `+` or as `torch.stack(branches).sum(0)`), that are not scaled down, so the
     sum's variance is about N times its branches'.
 
     Each branch must contain a weight layer or attention, and none may feed another. Not findings: residual

@@ -137,6 +137,9 @@ def test_a_large_packed_projection_is_fixed_by_rescaling_its_q_and_k_rows():
     assert f.severity is Severity.ERROR
     assert f.predicted["logit_variance"] == pytest.approx(mha_logit_variance(model, x), rel=LOGIT_TOL)
     assert f.fix.code.startswith('with torch.no_grad():\n    model.get_parameter("attn.in_proj_weight")[:512].mul_(')
+    factor = f.predicted["qk_weight_factor"]
+    assert factor == pytest.approx(f.predicted["logit_variance"] ** -0.25)
+    assert f.fix.code.endswith(f".mul_({factor:.3g})")
     exec(f.fix.code, {"torch": torch, "model": model})
     assert mha_logit_variance(model, x) == pytest.approx(1.0, rel=2 * LOGIT_TOL)
     assert findings(model, x) == []
