@@ -20,6 +20,9 @@ LOGIT_TOL = 0.05
 LOSS_TOL = 0.05
 # softmax_stats' quadrature against a direct Monte Carlo of 200,000 rows (claim 13: 3.11 measured, 3.108 computed).
 QUADRATURE_TOL = 0.01
+# After the fix: logit std 0.5 gives ln C + 0.12 nats; the 20,000-row estimate of a 100-class loss spreads by about
+# 0.02 nats, the realized logit std by LOGIT_TOL.
+FIXED_EXCESS_TOL = 0.05
 
 
 def mlp(head_std=0.2, hidden_std=0.2, classes=100, seed=0):
@@ -78,7 +81,7 @@ def test_the_fix_gives_the_target_std_and_silences_the_rule():
     assert findings(model, x) == []
     std, loss = measured(model, 100)
     assert std == pytest.approx(0.5, rel=LOGIT_TOL)  # the fix's target
-    assert loss - math.log(100) == pytest.approx(0.12, abs=0.05)  # ln C + 0.12, as the fix's summary says
+    assert loss - math.log(100) == pytest.approx(0.12, abs=FIXED_EXCESS_TOL)  # ln C + 0.12, as the fix's summary says
 
 
 def test_claim_13_loss_is_ln_c_plus_s2_over_2_only_for_small_s():
