@@ -62,6 +62,8 @@ def off_scale_weights(op: Op, graph: ModelGraph) -> Issue | None:
 
     A layer whose output is the model output through activations and reshapes only (a head) is not checked:
     its scale is the output's, a choice (zero-initialized heads are common); IL104 checks classifier heads.
+    A grouped conv initialized with PyTorch's groups-blind fan-out and no norm after it is also IL102's
+    finding, which names the cause; this one gives the effect.
 
     ## Why is this bad?
     A layer multiplies its input's second moment by about `fan_in * E[w^2]` (Xavier keeps a linear layer's
