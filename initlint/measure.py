@@ -7,7 +7,8 @@ memory is about that of one forward and backward pass.
 
 Conventions, the same as the predictions': training mode (modules are put in ``train()``; an exported program
 keeps the mode it was captured in), inputs as given, and the loss ``L = sum_i <y_i, r_i>`` over the float
-outputs with ``r_i ~ N(0, 1)`` drawn from a generator seeded with ``LOSS_SEED + seed``. The gradient is taken with
+outputs with ``r_i ~ N(0, 1)`` drawn from a generator seeded with ``LOSS_SEED + seed`` and scaled to a mean
+square of exactly 1. The gradient is taken with
 ``torch.autograd.grad`` with respect to the inputs and the parameters, so no ``.grad`` is written; everything
 else a pass can change (modes, BatchNorm running statistics, random number generators) is restored by
 :func:`initlint.state.preserved`. With ``device`` other than the model's, a deep copy runs there.
@@ -173,10 +174,16 @@ def _run(graph: ModelGraph, program: Program, rec: Recorder, dev: torch.device, 
     if not outs or not leaves:
         return
     gen = torch.Generator().manual_seed(LOSS_SEED + seed)  # not 0: r must not replay a seed-0 input draw
-    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=torch.float32).to(o.device, o.dtype)).sum()
-               for o in outs)
+    loss = sum((o * _targets(o.shape, gen).to(o.device, o.dtype)).sum() for o in outs)
     del out, outs
     torch.autograd.grad(loss, leaves, allow_unused=True)
+
+
+def _targets(shape, gen: torch.Generator) -> torch.Tensor:
+    """``r ~ N(0, 1)`` scaled to a mean square of exactly 1: a small output (a batch of two, ten classes)
+    would otherwise scale every measured gradient by its draw's chance second moment."""
+    r = torch.randn(shape, generator=gen, dtype=torch.float32)
+    return r / r.square().mean().sqrt().clamp(min=1e-12)
 
 
 def _prepare(dev: torch.device, v: Any) -> Any:
