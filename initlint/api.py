@@ -32,7 +32,8 @@ class Options:
     capture: str | None = None  # pin a rung: "fx", "export" or "hooks"
     severity_overrides: dict[str, Severity] = field(default_factory=dict)
     signals: bool = False  # also measure every op's second moments (one forward and backward pass)
-    device: str = "auto"  # where that pass runs: auto, cpu or cuda
+    device: str = "auto"  # where that pass (and the probes) run: auto, cpu or cuda
+    probe: bool = False  # confirm each finding numerically and verify its fix (initlint.probe)
 
 
 def lint(model_or_target: nn.Module | str | Sequence[str], example_inputs: Any = None, **options) -> Report:
@@ -54,13 +55,15 @@ def lint_one(target: nn.Module | str, example_inputs: Any, rules: Sequence[Rule]
             loaded = load_mod.load(target, opts.input_shapes, opts.input_dtypes)
         else:
             loaded = load_mod.from_instance(target, example_inputs, opts.input_shapes, opts.input_dtypes)
-        measured = None
-        if opts.signals:
+        measured = program = None
+        if opts.signals or opts.probe:
             from .capture import capture_program
-            from .measure import measure
 
             graph, program = capture_program(loaded, opts.capture)
-            measured = measure(graph, program, opts.device)
+            if opts.signals:
+                from .measure import measure
+
+                measured = measure(graph, program, opts.device)
         else:
             graph = capture(loaded, opts.capture)
         if measured is not None or any(r.needs_signals for r in rules):
@@ -68,6 +71,11 @@ def lint_one(target: nn.Module | str, example_inputs: Any, rules: Sequence[Rule]
 
             graph = propagate(graph, loaded.inputs, model=loaded.model, measured=measured)
         findings, failures = check(graph, rules)
+        if opts.probe and findings:
+            from .probe import ProbeOptions, probe
+
+            findings = list(probe(loaded, graph, findings, program=program, options=ProbeOptions(device=opts.device),
+                                  rules=rules))
     except InitlintError as exc:
         return TargetReport(label, error=TargetError(exc.kind, exc.line, exc.help), exception=exc)
     except Exception as exc:  # noqa: BLE001 - anything else is ours

@@ -1,0 +1,371 @@
+"""The shared pass: one forward and one backward pass of the captured graph that records what the findings'
+probes asked for, and nothing else.
+
+It follows the measurement pass's conventions (:mod:`initlint.measure`): training mode, the loss
+``L = sum_i <y_i, r_i>`` with ``r_i ~ N(0, 1)`` seeded from ``LOSS_SEED + seed``, gradients by
+``torch.autograd.grad`` (no ``.grad`` written), and everything else restored by
+:func:`initlint.state.preserved`. Only the ops some probe reads are instrumented, so the pass costs about one
+training step.
+
+A :class:`Runnable` is the captured graph bound to a model: the user's, or a repaired deep copy (the same
+graph with the copy's parameters, and the repairs' structural edits inserted). Inputs are cut to
+``max_batch`` samples and ``max_spatial`` positions per spatial dimension when the capture allows it.
+
+>>> import torch
+>>> from torch import nn
+>>> from initlint.capture import capture_program
+>>> from initlint.load import from_instance
+>>> from initlint.probes.records import Needs
+>>> _ = torch.manual_seed(0)
+>>> target = from_instance(nn.Sequential(nn.Linear(256, 256), nn.ReLU()), torch.randn(64, 256))
+>>> graph, program = capture_program(target)
+>>> ev = run_pass(Runnable.of(program, graph), Needs.of(ops=["_1"]), torch.device("cpu"))
+>>> round(ev.signals["_1"].forward.second, 2), sorted(ev.signals)
+(0.17, ['_1'])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import functools
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from ..capture.program import Program
+from ..graph import ModelGraph
+from ..inputs import ExampleInputs
+from ..measure import LOSS_SEED, Recorder
+from ..ops import Capture, OpKind
+from ..state import preserved
+from .records import Edit, Evidence, Needs, ScaleAfter, SetArgument, Tap
+
+# The probe's input caps: a probe never needs more than a forward and backward pass at this size. 32 samples
+# and 64 positions per spatial dimension keep second moments within a few percent (thousands of elements per
+# channel) while bounding the cost on large example inputs.
+MAX_BATCH = 32
+MAX_SPATIAL = 64
+# What a "keep" tap retains of a tensor: enough elements for correlations and ranks within about 1%.
+KEEP = 1 << 16
+
+
+@dataclass(frozen=True)
+class Runnable:
+    """The captured graph bound to a model, ready to run with taps."""
+
+    capture: Capture
+    graph: ModelGraph = dataclasses.field(repr=False)  # names the ops
+    model: nn.Module  # the model whose parameters the graph uses
+    module: torch.fx.GraphModule | None  # None for the hooks capture: the model itself runs
+    inputs: ExampleInputs  # what the graph module (or the model) is called with
+    values: tuple = ()  # fx: the placeholders' values
+    prefix: str = ""
+    edited: dict = dataclasses.field(default_factory=dict)  # op name -> node that now stands for its output
+
+    @classmethod
+    def of(cls, program: Program, graph: ModelGraph, model: nn.Module | None = None,
+           edits: Sequence[Edit] = ()) -> "Runnable":
+        """The program's graph bound to ``model`` (default: the program's own), with ``edits`` inserted."""
+        model = program.model if model is None else model
+        if program.capture is Capture.FX:
+            module = torch.fx.GraphModule(model, copy.deepcopy(program.graph_module.graph),
+                                          type(program.graph_module).__name__)
+        elif program.capture is Capture.EXPORT:
+            module = program.module()
+            if model is not program.model:
+                _rebind(module, model, program.prefix)
+        else:
+            if edits:
+                raise ValueError("structural edits need a captured graph")
+            return cls(program.capture, graph, model, None, program.inputs)
+        edited = _apply_edits(module, edits) if edits else {}
+        return cls(program.capture, graph, model, module, program.inputs, tuple(program.values), program.prefix,
+                   edited)
+
+    def with_inputs(self, inputs: ExampleInputs, values: tuple) -> "Runnable":
+        return dataclasses.replace(self, inputs=inputs, values=values)
+
+    def call_args(self) -> tuple[tuple, dict]:
+        if self.capture is Capture.FX:
+            return tuple(self.values), {}
+        return tuple(self.inputs.args), dict(self.inputs.kwargs)
+
+    def __call__(self, *args, **kwargs):
+        return (self.module or self.model)(*args, **kwargs)
+
+
+def _rebind(module: nn.Module, model: nn.Module, prefix: str) -> None:
+    """Point an exported program's unlifted module at ``model``'s parameters and buffers (a repaired copy's)."""
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    for name, t in tensors.items():
+        path, _, leaf = (prefix + name).rpartition(".")
+        try:
+            owner = module.get_submodule(path) if path else module
+        except AttributeError:
+            continue
+        slot = owner._parameters if leaf in owner._parameters else owner._buffers if leaf in owner._buffers else None
+        if slot is not None and slot[leaf] is not None and slot[leaf].shape == t.shape:
+            slot[leaf] = t
+
+
+def _apply_edits(gm: torch.fx.GraphModule, edits: Sequence[Edit]) -> dict[str, torch.fx.Node]:
+    nodes = {n.name: n for n in gm.graph.nodes}
+    edited: dict[str, torch.fx.Node] = {}
+    for edit in edits:
+        node = nodes.get(edit.op)
+        if node is None:
+            raise ValueError(f"op `{edit.op}` is not in the captured graph")
+        if isinstance(edit, ScaleAfter):
+            last = edited.get(edit.op, node)
+            users = [u for u in last.users]
+            with gm.graph.inserting_after(last):
+                scaled = gm.graph.call_function(operator.mul, (last, float(edit.factor)))
+            for u in users:
+                u.replace_input_with(last, scaled)
+            edited[edit.op] = scaled
+        elif isinstance(edit, SetArgument):
+            node.kwargs = {**node.kwargs, edit.name: edit.value}
+    gm.graph.lint()
+    gm.recompile()
+    return edited
+
+
+# -- inputs ------------------------------------------------------------------------------------------------
+
+
+def capped(runnable: Runnable, max_batch: int = MAX_BATCH, max_spatial: int = MAX_SPATIAL) -> Runnable:
+    """``runnable`` with its inputs cut to the caps (fx and hooks captures: an exported graph has its shapes
+    fixed). The batch is the leading dimension every tensor input shares; spatial dimensions are those after
+    the channels of inputs with four or more dimensions."""
+    if runnable.capture is Capture.EXPORT:
+        return runnable
+    tensors = [t for t in pytree.tree_leaves((runnable.inputs.args, dict(runnable.inputs.kwargs)))
+               if isinstance(t, torch.Tensor)]
+    if not tensors or any(t.dim() == 0 for t in tensors):
+        return runnable
+    batch = {t.shape[0] for t in tensors}
+    if len(batch) != 1 or (batch.pop() <= max_batch and all(d <= max_spatial for t in tensors if t.dim() >= 4
+                                                             for d in t.shape[2:])):
+        return runnable
+
+    def cut(v: Any) -> Any:
+        if not isinstance(v, torch.Tensor) or v.dim() == 0:
+            return v
+        v = v[:max_batch]
+        if v.dim() >= 4:
+            v = v[(slice(None), slice(None), *(slice(0, max_spatial) for _ in v.shape[2:]))]
+        return v
+
+    args, kwargs = pytree.tree_map(cut, (tuple(runnable.inputs.args), dict(runnable.inputs.kwargs)))
+    values = tuple(pytree.tree_map(cut, list(runnable.values)))
+    return runnable.with_inputs(ExampleInputs(args, kwargs, runnable.inputs.source), values)
+
+
+def keep(t: torch.Tensor) -> torch.Tensor:
+    """A "keep" reduction: the first ``KEEP`` elements of the first sample, in float32, on the CPU."""
+    return t.detach()[:1].reshape(-1)[:KEEP].float().cpu() if t.dim() else t.detach().float().cpu()
+
+
+def keep_all(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor (up to ``KEEP`` elements per sample, capped samples), for per-row statistics."""
+    t = t.detach()
+    return t.float().cpu() if t.numel() <= 8 * KEEP else t[: max(1, 8 * KEEP // max(t[0].numel(), 1))].float().cpu()
+
+
+# -- the pass ----------------------------------------------------------------------------------------------
+
+
+class _Recorder(Recorder):
+    """The measurement pass's recorder, restricted to the ops asked for, with taps beside the moments."""
+
+    def __init__(self, graph: ModelGraph, needs: Needs | None):
+        super().__init__(graph)
+        self.wanted = None if needs is None else {self.index[o] for o in needs.ops if o in self.index}
+        self.fwd_taps: dict[int, list[Tap]] = {}
+        self.bwd_taps: dict[int, list[Tap]] = {}
+        for tap in needs.taps if needs is not None else ():
+            if tap.op in self.index:
+                (self.bwd_taps if tap.backward else self.fwd_taps).setdefault(self.index[tap.op], []).append(tap)
+        self.values: dict[tuple[str, str], Any] = {}
+        self.seen: set[int] = set()
+
+    @property
+    def instrumented(self) -> set[int] | None:
+        if self.wanted is None:
+            return None
+        return self.wanted | set(self.fwd_taps) | set(self.bwd_taps)
+
+    def probe(self, value: Any, idx: int) -> None:
+        if self.wanted is None or idx in self.wanted:
+            super().probe(value, idx)
+        if idx in self.seen:
+            return
+        self.seen.add(idx)
+        t = _first_tensor(value)
+        if t is None:
+            return
+        for tap in self.fwd_taps.get(idx, ()):
+            self.values[(tap.op, tap.key)] = tap.reduce(t.detach())
+        if t.requires_grad and idx in self.bwd_taps:
+            handle = t.register_hook(functools.partial(self._grad_taps, idx))
+            if t.grad_fn is None:
+                self.handles.append(handle)
+
+    def _grad_taps(self, idx: int, g: torch.Tensor) -> None:
+        for tap in self.bwd_taps.get(idx, ()):
+            self.values.setdefault((tap.op, tap.key), tap.reduce(g.detach()))
+
+
+def run_pass(runnable: Runnable, needs: Needs | None, device: torch.device, seed: int = 0,
+             autocast: torch.dtype | None = None) -> Evidence:
+    """One forward and backward pass of ``runnable`` recording ``needs`` (every op when ``needs`` is None).
+
+    With ``autocast`` (float16 or bfloat16), a forward pass only, under ``torch.autocast`` in that dtype."""
+    graph = runnable.graph
+    rec = _Recorder(graph, needs)
+    if needs is not None and needs.empty:
+        return Evidence()
+    grad = torch.no_grad() if autocast is not None else torch.enable_grad()
+    cast = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
+    with preserved(runnable.model), grad, cast, _quiet():
+        torch.manual_seed(seed)
+        try:
+            grads = _run(runnable, graph, rec, device, seed, needs.params if needs is not None else frozenset(),
+                         backward=autocast is None)
+        finally:
+            rec.close()
+    return Evidence(rec.signals(), dict(rec.values), grads)
+
+
+def _run(runnable: Runnable, graph: ModelGraph, rec: _Recorder, dev: torch.device, seed: int,
+         params: frozenset[str], backward: bool = True) -> dict[str, float]:
+    from ..measure import _hooks_forward
+
+    model = runnable.model
+    here = _device_of(model)
+    moved = dev != here
+    args, kwargs = runnable.call_args()
+    args, kwargs = pytree.tree_map(functools.partial(_prepare, dev), (args, kwargs))
+    inputs = _match_inputs(graph, args, kwargs)
+    if runnable.module is None:
+        target = copy.deepcopy(model).to(dev) if moved else model
+        target.train()
+        runner = functools.partial(_hooks_forward, target, graph, rec)
+        named = dict(target.named_parameters())
+    else:
+        if runnable.capture is Capture.FX:
+            model.train()
+        module = instrument(runnable.module, graph, rec, runnable.prefix, runnable.edited)
+        if runnable.capture is Capture.FX:
+            module.train()
+        target = copy.deepcopy(module).to(dev) if moved else module
+        runner = target
+        named = {(n[len(runnable.prefix):] if n.startswith(runnable.prefix) else n): p
+                 for n, p in target.named_parameters()}
+    for name, t in inputs.items():
+        rec.probe(t, rec.index[name])
+    out = runner(*args, **kwargs)
+    if not backward:
+        return {}
+    outs = [t for t in pytree.tree_leaves(out.to_tuple() if hasattr(out, "to_tuple") else out)
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.requires_grad]
+    leaves = [t for t in inputs.values() if t.requires_grad]
+    seen = {id(t) for t in leaves}
+    for p in target.parameters():
+        if p.requires_grad and id(p) not in seen:
+            leaves.append(p)
+            seen.add(id(p))
+    if not outs or not leaves:
+        return {}
+    gen = torch.Generator().manual_seed(LOSS_SEED + seed)
+    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=torch.float32).to(o.device, o.dtype)).sum()
+               for o in outs)
+    del out, outs
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    index = {id(t): g for t, g in zip(leaves, grads)}
+    norms = {}
+    for name in params:
+        p = named.get(name)
+        g = index.get(id(p)) if p is not None else None
+        if g is not None:
+            norms[name] = float(torch.linalg.vector_norm(g.detach().double()))
+    return norms
+
+
+def instrument(gm: torch.fx.GraphModule, graph: ModelGraph, rec: _Recorder, prefix: str,
+               edited: dict | None = None) -> torch.fx.GraphModule:
+    """A copy of ``gm`` (sharing its modules and parameters) with a probe after every op some probe reads; an
+    op that a structural edit rescaled is read after the edit."""
+    g = copy.deepcopy(gm.graph)
+    by_name = {n.name: n for n in g.nodes}
+    moved = {op: by_name[node.name] for op, node in (edited or {}).items() if node.name in by_name}
+    params = {op.weight.name: op.name for op in graph.of_kind(OpKind.PARAM) if op.weight is not None}
+    chosen = rec.instrumented
+    for node in list(g.nodes):
+        if node.op == "get_attr":
+            target = str(node.target)
+            name = params.get(target) or params.get(target[len(prefix):] if target.startswith(prefix) else "")
+        elif node.op in ("call_function", "call_method", "call_module"):
+            name = node.name if node.name in rec.index else None
+        else:
+            name = None
+        if name is None or (chosen is not None and rec.index[name] not in chosen):
+            continue
+        at = moved.get(node.name, node)
+        with g.inserting_after(at):
+            g.call_function(rec.probe, (at, rec.index[name]))
+    return torch.fx.GraphModule(gm, g, type(gm).__name__)
+
+
+def _match_inputs(graph: ModelGraph, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
+    """Input tensors matched to INPUT ops in order, by dtype and rank (the caps may have cut their sizes)."""
+    pool = [t for t in pytree.tree_leaves((list(args), dict(kwargs))) if isinstance(t, torch.Tensor)]
+    found: dict[str, torch.Tensor] = {}
+    for op in graph.of_kind(OpKind.INPUT):
+        for j, t in enumerate(pool):
+            if len(t.shape) == len(op.shape or ()) and str(t.dtype).removeprefix("torch.") == op.dtype:
+                found[op.name] = pool.pop(j)
+                break
+    return found
+
+
+def _prepare(dev: torch.device, v: Any) -> Any:
+    if not isinstance(v, torch.Tensor):
+        return v
+    v = v.detach().to(dev)
+    return v.clone().requires_grad_(True) if v.is_floating_point() else v
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for t in list(model.parameters()) + list(model.buffers()):
+        if not t.is_meta:
+            return t.device
+    return torch.device("cpu")
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    return None
+
+
+def _quiet():
+    from ..measure import _quiet as quiet
+
+    return quiet()
+
+
+__all__ = ["Runnable", "run_pass", "instrument", "capped", "keep", "keep_all", "MAX_BATCH",
+           "MAX_SPATIAL", "KEEP"]
