@@ -35,10 +35,28 @@ class Block(nn.Module):
         return self.head(h)  # a map, not a pooled vector: its gradient has many independent entries
 
 
+class PreLN(nn.Module):
+    """A Pre-LN transformer block written out (torch.fx traces it; nn.TransformerEncoderLayer needs export)."""
+
+    def __init__(self, d: int = 32, heads: int = 4):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        self.heads = heads
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(a.transpose(1, 2).reshape(b, t, d))
+        return x + self.mlp(self.ln2(x))
+
+
 def _models():
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, 10))
-    enc = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+    enc = PreLN()
     return {
         "mlp": (mlp, torch.randn(128, 64)),
         "block": (Block(), torch.randn(8, 8, 16, 16)),
