@@ -50,8 +50,9 @@ DEVICES = ("auto", "cpu", "cuda")
 LOSS_SEED = 0x1D5EED  # offset of the loss targets' generator from ``seed``
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
+def resolve_device(device: str | None = "auto") -> torch.device:
+    """``auto`` (or None): the GPU when there is one, else the CPU."""
+    if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available", help="use --device cpu or auto")
