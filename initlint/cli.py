@@ -70,8 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--signals", action="store_true",
                    help="show each op's predicted and measured forward and backward second moments "
                    "(runs one forward and backward pass; the model is left unchanged)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="where --signals runs its pass (default: auto, the GPU when there is one)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                   help="where --signals, --probe and --curvature run (default: auto, the GPU when there is one, "
+                   "or device in config)")
+    p.add_argument("--probe", action="store_true", default=None,
+                   help="confirm each finding by a numerical experiment and verify its fix on a copy of the model "
+                   "(seeded; the model is left unchanged)")
+    p.add_argument("--curvature", action="store_true",
+                   help="also estimate the largest Hessian eigenvalue at init, the learning-rate bound 2/lambda "
+                   "and a warmup (power iteration on Hessian-vector products)")
+    p.add_argument("--plot", metavar="PATH",
+                   help="write a signal-propagation plot (PNG or SVG, by extension) of predicted and measured "
+                   "second moments; needs matplotlib (pip install 'initlint[plot]')")
     p.add_argument("--no-fix", action="store_true", help="do not show the suggested fixes")
     p.add_argument("--color", choices=["auto", "always", "never"], default="auto")
     p.add_argument("--verbose", "-v", action="store_true", help="tracebacks for errors, capture details")
@@ -143,7 +153,8 @@ def _config(args):
     cfg = cfg.override(select=tuple(_split(args.select)) if args.select is not None else None,
                        ignore=tuple(_split(args.ignore)) if args.ignore is not None else None,
                        fail_level=Severity.parse(args.fail_level) if args.fail_level else None,
-                       capture=args.capture, baseline=Path(args.baseline).resolve() if args.baseline else None)
+                       capture=args.capture, baseline=Path(args.baseline).resolve() if args.baseline else None,
+                       probe=args.probe, device=args.device)
     if args.input_shape or args.input_dtype:  # the command line's example inputs, for every target it names
         shapes = tuple(tuple(s) for s in args.input_shape) if args.input_shape else None
         targets = [cfg.target(t) for t in args.targets] or list(cfg.targets)
@@ -167,13 +178,17 @@ def _lint(args) -> int:
         print("error: --update-baseline needs a baseline file\n"
               "  help: pass --baseline FILE, or set baseline = \"FILE\" in [tool.initlint]", file=sys.stderr)
         return EXIT_ERROR
+    if args.plot:
+        from .plot import check_available
+
+        check_available()  # before the lint: a missing matplotlib is a usage error
     report = lint_project(cfg, args.targets, use_baseline=not args.update_baseline).report
     if args.update_baseline:
         return _update_baseline(cfg, report)
-    if args.signals:
+    if args.signals or args.plot:
         from .signals import with_measurements
 
-        report = with_measurements(report, cfg, args.targets, args.device)
+        report = with_measurements(report, cfg, args.targets, cfg.device)
     fail_level = cfg.fail_level
     stream = sys.stdout
     options = RenderOptions(color=_use_color(args.color, stream) and not args.output, verbose=args.verbose,
@@ -189,6 +204,14 @@ def _lint(args) -> int:
         from .render.signals import render as signals_table
 
         text += signals_table(report, options)
+    if args.curvature:
+        from .curvature import with_curvature
+
+        text = with_curvature(text, report, cfg, args.targets, args.format)
+    if args.plot:
+        from .plot import plot_report
+
+        plot_report(report, args.plot)
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w", encoding="utf-8") as fh:

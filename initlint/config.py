@@ -68,7 +68,7 @@ class Config:
     per_file_ignores: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (glob, selectors), in file order
     fail_level: Severity = Severity.WARNING
     probe: bool = False
-    device: str = "cpu"
+    device: str = "auto"  # auto: CUDA when present
     severity: Mapping[str, Severity] = field(default_factory=lambda: MappingProxyType({}))
     baseline: Path | None = None
     capture: str | None = None
@@ -90,6 +90,8 @@ class Config:
             "input_dtypes": list(t.input_dtypes),
             "capture": t.capture or self.capture,
             "severity_overrides": dict(self.severity),
+            "probe": self.probe,
+            "device": self.device,
         }
 
     def override(self, **changes: Any) -> "Config":

@@ -42,6 +42,7 @@ class Rule:
     severity: Severity = Severity.WARNING  # default; an Issue may override it
     needs_signals: bool = False  # uses the variance engine's predictions
     doc: str = field(default="", repr=False)
+    probe: object = field(default=None, repr=False, compare=False)  # an initlint.probes.Probe (third-party rules)
 
     def __call__(self, *args):
         return self.check(*args)
@@ -71,8 +72,11 @@ def rule(
     applies_to: Iterable[OpKind] | None = None,
     severity: Severity = Severity.WARNING,
     needs_signals: bool = False,
+    probe: object = None,
 ) -> Callable[[Callable], Rule]:
-    """Declare a rule. The decorated function's docstring is its user documentation."""
+    """Declare a rule. The decorated function's docstring is its user documentation. ``probe``: an
+    :class:`initlint.probes.Probe` confirming its findings under ``--probe`` (built-in rules' are in
+    ``initlint.probes.PROBES``)."""
     if not _CODE.match(code):
         raise ValueError(f"rule code `{code}` must be IL followed by three digits")
     if not _NAME.match(name):
@@ -81,7 +85,7 @@ def rule(
     def wrap(fn: Callable) -> Rule:
         kinds = frozenset(applies_to) if applies_to is not None else None
         doc = textwrap.dedent(fn.__doc__ or "").strip()
-        return Rule(code, name, fn, kinds, severity, needs_signals, doc)
+        return Rule(code, name, fn, kinds, severity, needs_signals, doc, probe)
 
     return wrap
 

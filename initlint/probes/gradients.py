@@ -26,6 +26,7 @@ from ..measure import LOSS_SEED
 from ..ops import OpKind, RecurrentMode, RecurrentParams
 from ..state import preserved
 from . import repairs
+from .runner import loss_targets
 from .records import Context, Edit, Measurement, Needs, Unrepairable, badness, judge
 
 # IL204: the last layer's gradient as arranged (Post-LN) 10% or more above the same blocks arranged Pre-LN.
@@ -86,7 +87,7 @@ def last_layer_gradient(model: nn.Module, param: str, ctx: Context) -> float:
         outs = [t for t in (out if isinstance(out, (tuple, list)) else [out])
                 if isinstance(t, torch.Tensor) and t.is_floating_point()]
         gen = torch.Generator().manual_seed(LOSS_SEED + ctx.seed)
-        loss = sum((o * torch.randn(o.shape, generator=gen).to(o.device, o.dtype)).sum() for o in outs)
+        loss = sum((o * loss_targets(o.shape, gen).to(o.device, o.dtype)).sum() for o in outs)
         (g,) = torch.autograd.grad(loss, [p], allow_unused=True)
     return float(g.detach().double().norm()) if g is not None else math.nan
 

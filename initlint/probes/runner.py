@@ -2,7 +2,8 @@
 probes asked for, and nothing else.
 
 It follows the measurement pass's conventions (:mod:`initlint.measure`): training mode, the loss
-``L = sum_i <y_i, r_i>`` with ``r_i ~ N(0, 1)`` seeded from ``LOSS_SEED + seed``, gradients by
+``L = sum_i <y_i, r_i>`` with ``r_i ~ N(0, 1)`` seeded from ``LOSS_SEED + seed`` (scaled to a mean square
+of 1), gradients by
 ``torch.autograd.grad`` (no ``.grad`` written), and everything else restored by
 :func:`initlint.state.preserved`. Only the ops some probe reads are instrumented, so the pass costs about one
 training step.
@@ -285,8 +286,7 @@ def _run(runnable: Runnable, graph: ModelGraph, rec: _Recorder, dev: torch.devic
     if not outs or not leaves:
         return {}
     gen = torch.Generator().manual_seed(LOSS_SEED + seed)
-    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=torch.float32).to(o.device, o.dtype)).sum()
-               for o in outs)
+    loss = sum((o * loss_targets(o.shape, gen).to(o.device, o.dtype)).sum() for o in outs)
     del out, outs
     grads = torch.autograd.grad(loss, leaves, allow_unused=True)
     index = {id(t): g for t, g in zip(leaves, grads)}
@@ -322,6 +322,12 @@ def instrument(gm: torch.fx.GraphModule, graph: ModelGraph, rec: _Recorder, pref
         with g.inserting_after(at):
             g.call_function(rec.probe, (at, rec.index[name]))
     return torch.fx.GraphModule(gm, g, type(gm).__name__)
+
+
+def loss_targets(shape, gen: torch.Generator) -> torch.Tensor:
+    """The loss's ``r ~ N(0, 1)``, scaled to a mean square of exactly 1 as the measurement pass does."""
+    r = torch.randn(shape, generator=gen, dtype=torch.float32)
+    return r / r.square().mean().sqrt().clamp(min=1e-12)
 
 
 def _match_inputs(graph: ModelGraph, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
