@@ -414,9 +414,74 @@ def python_path(qualname: str) -> str:
     return _INDEX.sub(r"[\1]", qualname)
 
 
+# -- grouped convs initialized as if groups were 1 (IL102 reports them; IL101 leaves them to it) --------------
+
+# The smallest factor IL102 reports: a variance off by less than 2x is within what the standard initializers
+# themselves disagree by (Xavier vs Kaiming for ReLU differ by 2) and is IL101's business, not a fan mistake.
+BLIND_MIN_FACTOR = 2.0
+# How closely a weight variance must match an initializer's, in |log(variance ratio)|: 3.5 standard errors of a
+# normal sample's variance (sqrt(2/n) relative), plus 5% for uniform/truncated draws.
+BLIND_SIGMAS, BLIND_SLACK = 3.5, 0.05
+# The groups-blind initializers looked for, by the nonlinearity their gain is for: Kaiming fan-out as
+# torchvision's MobileNet, EfficientNet and ResNeXt call it (relu), Xavier with gain 1 or a gain for relu or
+# tanh. Rarer gains (selu, a=sqrt(5)) would make chance coincidences with other inits more likely.
+GROUPS_BLIND = ("relu", "linear", "tanh")
+# Fixed standard deviations common enough that a variance matching one is no evidence of a fan mistake:
+# N(0, 0.02) is BERT's, GPT-2's, DCGAN's and ConvNeXt's init, N(0, 0.01) MobileNet's classifier's.
+FIXED_STDS = (0.02, 0.01)
+
+
+@dataclass(frozen=True)
+class BlindInit:
+    """An initializer that computed a grouped conv's fan-out as if ``groups == 1``, matched by its variance."""
+
+    init: str  # "kaiming" (mode="fan_out") or "xavier"
+    nonlinearity: str  # whose gain it used
+    variance: float  # what it gives with PyTorch's fans
+    intended: float  # what it gives with one group's fans
+
+    @property
+    def factor(self) -> float:
+        return self.intended / self.variance
+
+
+def groups_blind_inits(op: Op) -> tuple[BlindInit, ...]:
+    """The groups-blind initializers whose variance a grouped conv's weight matches, closest first; empty when
+    none does or when a correct-fan init (or a common fixed std) explains the variance as well."""
+    p, w = op.params, op.weight
+    if (op.kind is not OpKind.CONV or p is None or p.groups < 2 or w is None or w.tensor is None
+            or not w.torch_fan_in or not w.torch_fan_out or not w.variance > 0.0):
+        return ()
+    variance, g, fan_in, fan_out = w.variance, p.groups, w.torch_fan_in, w.torch_fan_out
+    true_out = fan_out / g
+    tolerance = BLIND_SIGMAS * math.sqrt(2.0 / w.tensor.numel()) + BLIND_SLACK
+
+    def close(target: float) -> float:
+        return abs(math.log(variance / target))
+
+    wrong: list[BlindInit] = []
+    right: list[float] = [std**2 for std in FIXED_STDS]
+    for nonlinearity, g2 in GAINS_SQUARED:
+        if nonlinearity in GROUPS_BLIND:
+            wrong.append(BlindInit("kaiming", nonlinearity, g2 / fan_out, g2 / true_out))
+            wrong.append(BlindInit("xavier", nonlinearity, 2 * g2 / (fan_in + fan_out), 2 * g2 / (fan_in + true_out)))
+        right += [g2 / fan_in, g2 / true_out, 2 * g2 / (fan_in + true_out)]
+    matches = sorted((b for b in wrong if close(b.variance) <= tolerance), key=lambda b: close(b.variance))
+    if not matches or any(close(v) <= tolerance for v in right):
+        return ()
+    return tuple(matches)
+
+
+def groups_blind(op: Op) -> bool:
+    """IL102 reports this conv: one finding per defect, so scale rules leave it alone."""
+    matches = groups_blind_inits(op)
+    best = next((m for m in matches if m.init == "kaiming"), matches[0]) if matches else None
+    return best is not None and best.factor >= BLIND_MIN_FACTOR
+
+
 __all__ = [
     "CARRIERS", "WEIGHT_LAYERS", "PER_SAMPLE_NORMS", "SCALE_NORMS", "GAINS_SQUARED", "Block", "BlockGroup",
     "Residual", "branch_ops", "branch_prenormalized", "distribution", "is_norm", "next_stops", "norm_kind",
     "normalized_after", "normalized_soon", "projected_residual", "python_path", "relative", "repeated_blocks",
-    "residual", "sig", "times",
+    "residual", "sig", "times", "BlindInit", "groups_blind", "groups_blind_inits",
 ]

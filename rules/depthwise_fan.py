@@ -7,22 +7,13 @@ import math
 from initlint.findings import Fix, Issue, Severity
 from initlint.graph import ModelGraph
 from initlint.ops import Op, OpKind
-from initlint.patterns import GAINS_SQUARED, distribution, normalized_after, sig
+from initlint.patterns import BLIND_MIN_FACTOR, distribution, groups_blind_inits, normalized_after, sig
 from initlint.registry import rule
 
-# The smallest factor reported: a variance off by less than 2x is within what the standard initializers
-# themselves disagree by (Xavier vs Kaiming for ReLU differ by 2) and is IL101's business, not a fan mistake.
-MIN_FACTOR = 2.0
-# How closely the weight variance must match an initializer's, in |log(variance ratio)|: 3.5 standard
-# errors of a normal sample's variance (sqrt(2/n) relative), plus 5% for uniform/truncated draws.
-SIGMAS, SLACK = 3.5, 0.05
-# The groups-blind initializers looked for, by the nonlinearity their gain is for: Kaiming fan-out as
-# torchvision's MobileNet, EfficientNet and ResNeXt call it (relu), Xavier with gain 1 or a gain for relu or
-# tanh. Rarer gains (selu, a=sqrt(5)) would make chance coincidences with other inits more likely.
-GROUPS_BLIND = ("relu", "linear", "tanh")
-# Fixed standard deviations common enough that a variance matching one is no evidence of a fan mistake:
-# N(0, 0.02) is BERT's, GPT-2's, DCGAN's and ConvNeXt's init, N(0, 0.01) MobileNet's classifier's.
-FIXED_STDS = (0.02, 0.01)
+# Which variances count as a groups-blind init, how closely they must match and the smallest factor reported
+# (2x: less is within what the standard inits disagree by, and IL101's business) are in
+# `initlint.patterns.groups_blind_inits`: 3.5 standard errors of the sample variance plus 5%; Kaiming fan-out and
+# Xavier with the relu, linear and tanh gains; not when a correct-fan init or N(0, 0.02) or N(0, 0.01) fits too.
 
 
 @rule("IL102", "depthwise-fan", applies_to={OpKind.CONV}, severity=Severity.WARNING)
@@ -90,36 +81,18 @@ def depthwise_fan(op: Op, graph: ModelGraph) -> Issue | None:
     - Sandler et al. 2018, "MobileNetV2"; torchvision's `mobilenetv2.py` init loop
     - PyTorch `torch.nn.init._calculate_fan_in_and_fan_out`
     """
-    p, w = op.params, op.weight
-    if p is None or p.groups < 2 or w is None or w.tensor is None or not w.torch_fan_in or not w.torch_fan_out:
-        return None
-    variance = w.variance
-    if not variance > 0.0:
-        return None
-    g, fan_in, fan_out = p.groups, w.torch_fan_in, w.torch_fan_out
-    true_out = fan_out / g
-    tolerance = SIGMAS * math.sqrt(2.0 / w.tensor.numel()) + SLACK
-
-    def close(target: float) -> float:
-        return abs(math.log(variance / target))
-
-    # What each initializer gives (and would give with the group-corrected fan-out), per gain.
-    wrong, right = [], []
-    for nonlinearity, g2 in GAINS_SQUARED:
-        if nonlinearity in GROUPS_BLIND:
-            wrong.append(("kaiming", nonlinearity, g2 / fan_out, g2 / true_out))
-            wrong.append(("xavier", nonlinearity, 2 * g2 / (fan_in + fan_out), 2 * g2 / (fan_in + true_out)))
-        right += [g2 / fan_in, g2 / true_out, 2 * g2 / (fan_in + true_out)]
-    right += [std**2 for std in FIXED_STDS]
-    matches = sorted((h for h in wrong if close(h[2]) <= tolerance), key=lambda h: close(h[2]))
-    if not matches or any(close(v) <= tolerance for v in right):
+    matches = groups_blind_inits(op)
+    if not matches:
         return None
     # For large g, Kaiming fan-out with gain sqrt(2) and Xavier with gain 1 give nearly the same variance
     # (2/(g k) against 2/((g + 1) k)); name the Kaiming one, as torchvision's init loop is the usual source.
-    init, nonlinearity, got, intended = next((h for h in matches if h[0] == "kaiming"), matches[0])
-    factor = intended / got
-    if factor < MIN_FACTOR:
+    best = next((m for m in matches if m.init == "kaiming"), matches[0])
+    init, nonlinearity, intended, factor = best.init, best.nonlinearity, best.intended, best.factor
+    if factor < BLIND_MIN_FACTOR:
         return None
+    p, w = op.params, op.weight
+    variance, g, fan_in, fan_out = w.variance, p.groups, w.torch_fan_in, w.torch_fan_out
+    true_out = fan_out / g
 
     family = distribution(w.tensor) or "normal"
     taps = p.taps
@@ -135,10 +108,10 @@ def depthwise_fan(op: Op, graph: ModelGraph) -> Issue | None:
         f"`{op.module or w.name}` (groups={g}) has weight variance {sig(variance)}, as `{call}` gives {how}: "
         f"{sig(factor)}x smaller than that init intends"
     )
-    alias = next((h for h in matches if h[0] != init), None)
+    alias = next((m for m in matches if m.init != init), None)
     if alias is not None:
-        message += (f" ({sig(alias[3] / alias[2])}x for `xavier_{family}_({_gain(alias[1])})`, which gives the same "
-                    f"variance here)")
+        message += (f" ({sig(alias.factor)}x for `xavier_{family}_({_gain(alias.nonlinearity)})`, which gives the "
+                    f"same variance here)")
     std = math.sqrt(intended)
     fix_code = f'nn.init.normal_(model.get_parameter("{w.name}"), mean=0.0, std={sig(std)})\n'
     if init == "kaiming":

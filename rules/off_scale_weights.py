@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from initlint.findings import Fix, Issue, Severity
 from initlint.graph import ModelGraph
 from initlint.ops import Op, OpKind
-from initlint.patterns import WEIGHT_LAYERS, is_norm, next_stops, nonlinearity_after, python_path, residual, sig
+from initlint.patterns import (
+    WEIGHT_LAYERS, groups_blind, is_norm, next_stops, nonlinearity_after, python_path, residual, sig,
+)
 from initlint.registry import rule
 
 # A weight variance more than this factor outside the variance-preserving band is off-scale. PyTorch's default
@@ -62,8 +64,8 @@ def off_scale_weights(op: Op, graph: ModelGraph) -> Issue | None:
 
     A layer whose output is the model output through activations and reshapes only (a head) is not checked:
     its scale is the output's, a choice (zero-initialized heads are common); IL104 checks classifier heads.
-    A grouped conv initialized with PyTorch's groups-blind fan-out and no norm after it is also IL102's
-    finding, which names the cause; this one gives the effect.
+    A grouped conv initialized with PyTorch's groups-blind fan-out is IL102's finding, which names the cause:
+    one defect gets one finding, so this rule leaves such a conv alone.
 
     ## Why is this bad?
     A layer multiplies its input's second moment by about `fan_in * E[w^2]` (Xavier keeps a linear layer's
@@ -126,6 +128,8 @@ def off_scale_weights(op: Op, graph: ModelGraph) -> Issue | None:
     """
     w = op.weight
     if w is None or w.tensor is None or not math.isfinite(w.rms) or w.zero or w.fan_in <= 0 or w.fan_out <= 0:
+        return None
+    if groups_blind(op):  # IL102 names the cause
         return None
     second = w.second_moment
     nonlinearity, g2 = nonlinearity_after(graph, op)

@@ -124,7 +124,7 @@ def test_configured_targets_are_linted_when_none_are_given(tmp_path, monkeypatch
 
 def test_command_line_overrides_the_file(tmp_path, monkeypatch, capsys):
     use_fake_rules(monkeypatch)
-    write_project(tmp_path, '[tool.initlint]\ntargets = ["models.py:Bad"]\nfail-level = "error"\nignore = ["IL902"]\n')
+    write_project(tmp_path, '[tool.initlint]\ntargets = ["models.py:Bad"]\nselect = ["IL9"]\nfail-level = "error"\nignore = ["IL902"]\n')
     monkeypatch.chdir(tmp_path)
     assert main([]) == 0  # two warnings, fail-level error
     assert main(["--fail-level", "warning"]) == 1

@@ -38,7 +38,7 @@ def _lint_json(capsys, *args) -> tuple[int, list[tuple[str, int | None]]]:
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     use_fake_rules(monkeypatch)
-    write_project(tmp_path, '[tool.initlint]\ntargets = ["models.py:Bad"]\nignore = ["IL902"]\n')
+    write_project(tmp_path, '[tool.initlint]\ntargets = ["models.py:Bad"]\nselect = ["IL9"]\nignore = ["IL902"]\n')
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -77,16 +77,16 @@ def test_each_file_is_read_once(project, capsys, monkeypatch):
 
 
 def test_per_file_ignores(project, capsys):
-    (project / "pyproject.toml").write_text('[tool.initlint]\ntargets = ["models.py:Bad"]\nignore = ["IL902"]\n'
+    (project / "pyproject.toml").write_text('[tool.initlint]\ntargets = ["models.py:Bad"]\nselect = ["IL9"]\nignore = ["IL902"]\n'
                                             '[tool.initlint.per-file-ignores]\n"other.py" = ["IL901"]\n')
     assert _lint_json(capsys) == (1, BOTH)
-    (project / "pyproject.toml").write_text('[tool.initlint]\ntargets = ["models.py:Bad"]\nignore = ["IL902"]\n'
+    (project / "pyproject.toml").write_text('[tool.initlint]\ntargets = ["models.py:Bad"]\nselect = ["IL9"]\nignore = ["IL902"]\n'
                                             '[tool.initlint.per-file-ignores]\n"mod*.py" = ["unit-normal-linear"]\n')
     assert _lint_json(capsys) == (0, [])
 
 
 def test_baseline_reports_only_new_findings(project, capsys):
-    (project / "pyproject.toml").write_text('[tool.initlint]\ntargets = ["models.py:Bad"]\n')
+    (project / "pyproject.toml").write_text('[tool.initlint]\ntargets = ["models.py:Bad"]\nselect = ["IL9"]\n')
     assert main(["--baseline", "base.json"]) == 2
     assert "baseline file" in capsys.readouterr().err and not (project / "base.json").exists()
     assert main(["--update-baseline"]) == 2  # no file named anywhere
@@ -114,7 +114,7 @@ def test_baseline_reports_only_new_findings(project, capsys):
     assert _lint_json(capsys, "--baseline", "base.json") == (1, [("IL901", FC2_LINE + 4)])
 
     # the baseline can live in [tool.initlint] too
-    (project / "pyproject.toml").write_text('[tool.initlint]\ntargets = ["models.py:Bad"]\nbaseline = "base.json"\n')
+    (project / "pyproject.toml").write_text('[tool.initlint]\ntargets = ["models.py:Bad"]\nselect = ["IL9"]\nbaseline = "base.json"\n')
     assert _lint_json(capsys) == (1, [("IL901", FC2_LINE + 4)])
     (project / "base.json").write_text('{"findings": []}')
     assert main([]) == 2
