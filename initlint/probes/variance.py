@@ -330,16 +330,29 @@ def dropout_operands(graph: ModelGraph, op: Op) -> tuple[str, str]:
     raise Unrepairable(f"no operand of `{op.name}` is a random mask")
 
 
+def _rescaled(graph: ModelGraph, op: Op) -> Op:
+    """``op``'s output after the constant scales applied to it before anything else uses it (``x * m / q``)."""
+    while True:
+        users = graph.consumers(op)
+        if len(users) != 1 or users[0].kind not in (OpKind.SCALE, OpKind.PASSTHROUGH):
+            return op
+        nxt = users[0]
+        if nxt.kind is OpKind.SCALE and (nxt.params is None or nxt.params.shift != 0.0 or nxt.params.param):
+            return op
+        op = nxt
+
+
 def dropout_needs(graph: ModelGraph, finding: Finding) -> Needs:
     op = _op(graph, finding)
     data, _ = dropout_operands(graph, op)
-    return Needs.of(ops=[data, op.name], taps=[Tap(data, "values", keep_all), Tap(op.name, "values", keep_all)])
+    out = _rescaled(graph, op).name
+    return Needs.of(taps=[Tap(data, "values", keep_all), Tap(out, "values", keep_all)])
 
 
 def dropout_measure(ctx: Context, finding: Finding) -> Measurement:
     op = _op(ctx.graph, finding)
     data, _ = dropout_operands(ctx.graph, op)
-    x, y = ctx.tap(data, "values"), ctx.tap(op.name, "values")
+    x, y = ctx.tap(data, "values"), ctx.tap(_rescaled(ctx.graph, op).name, "values")
     if x is None or y is None or x.shape != y.shape:
         return ctx.missing(f"the values through `{op.module or op.name}`")
     x, y = x.double().reshape(-1), y.double().reshape(-1)
