@@ -182,3 +182,18 @@ def test_bundled_examples_are_user_code():
     mul = g.of_kind(OpKind.MUL)[0]
     assert mul.location.file.endswith(os.path.join("initlint", "examples", "__init__.py"))
     assert mul.location.function == "forward"
+
+
+def test_tensor_attributes_and_unsupported_functions_keep_the_graph_connected():
+    class Spectral(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.fc(torch.fft.fft(x).real)
+
+    g = _graph(Spectral(), torch.randn(2, 8))
+    assert [(op.kind, op.inputs) for op in g][1:4] == [
+        (OpKind.UNKNOWN, ("x",)), (OpKind.PASSTHROUGH, ("fft_fft",)), (OpKind.LINEAR, ("getattr_1",))]
+    assert g.unknown == ("torch.fft_fft",)

@@ -234,7 +234,11 @@ def module_spec(module: nn.Module, path: str, call: Call) -> OpSpec | None:
     for cls in type(module).__mro__:
         handler = MODULES.get(cls)
         if handler is not None:
-            return handler(module, path, call)
+            spec = handler(module, path, call)
+            if any(not isinstance(r, Ref) for r in spec.inputs):  # fed by a value the capture could not follow
+                return OpSpec(spec.kind, tuple(r for r in spec.inputs if isinstance(r, Ref)), spec.params,
+                              spec.weight, spec.bias, spec.target)
+            return spec
     return None
 
 
@@ -249,6 +253,8 @@ def is_known_leaf(module: nn.Module) -> bool:
 def function_spec(call: Call) -> OpSpec | None:
     """``None`` for non-tensor calls; an UNKNOWN spec for calls missing from the table."""
     if call.name in NON_TENSOR:
+        if call.name == "getattr" and call.out_shape is not None:  # x.real, x.T, x.data: a view of x
+            return OpSpec(OpKind.PASSTHROUGH, tuple(call.refs()[:1]))
         return None
     handler = FUNCTIONS.get(call.name)
     if handler is None:
