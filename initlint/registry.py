@@ -57,7 +57,7 @@ class Rule:
     def summary(self) -> str:
         """The first sentence of "What it does", for listings."""
         text = " ".join(self.sections.get("What it does", "").split())
-        match = re.match(r"(.+?\.)(\s|$)", text)
+        match = re.match(r"(.+?[.!?])(?=\s+[A-Z`(]|$)", text)  # a sentence ends before a capital, not at "..."
         return match.group(1) if match else text
 
     def code_blocks(self, section: str) -> list[str]:
