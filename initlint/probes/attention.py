@@ -62,7 +62,11 @@ def attention_measure(ctx: Context, finding: Finding) -> Measurement:
         p = op.params if isinstance(op.params, AttentionParams) else AttentionParams()
         if q is None or k is None or q.dim() < 2:
             return ctx.missing(f"the queries and keys of `{op.module or op.name}`")
-        scale = p.scale if p.scale is not None else 1.0 / math.sqrt(q.shape[-1])
+        scale = p.scale
+        for edit in getattr(ctx.runnable, "edits", ()):  # a repair that changed the call's scale
+            if isinstance(edit, SetArgument) and edit.op == op.name and edit.name == "scale":
+                scale = edit.value
+        scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
         logits = (q.double() @ k.double().transpose(-2, -1)) * scale
         if p.causal:
             n, m = logits.shape[-2:]

@@ -37,7 +37,8 @@ def _random_weights(block: Block) -> dict:
 
 
 def clone_blocks(graph: ModelGraph, finding: Finding) -> list[Block]:
-    """The blocks of the finding's group whose random weights equal its first block's (as captured)."""
+    """The blocks of the finding's group whose random weights equal its first block's (as captured); the whole
+    group when none do (a finding forced onto independent blocks is measured on them all)."""
     op = graph.op(finding.op)
     for group in repeated_blocks(graph):
         first = next((b for b in group.blocks if op.module == b.path or op.module.startswith(b.path + ".")), None)
@@ -45,8 +46,7 @@ def clone_blocks(graph: ModelGraph, finding: Finding) -> list[Block]:
             continue
         mine = _random_weights(first)
         same = [b for b in group.blocks if b is first or _same(mine, _random_weights(b))]
-        if len(same) >= 2:
-            return same
+        return same if len(same) >= 2 else list(group.blocks)
     raise Unrepairable("the cloned blocks are not found in the graph")
 
 

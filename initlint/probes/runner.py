@@ -69,6 +69,7 @@ class Runnable:
     values: tuple = ()  # fx: the placeholders' values
     prefix: str = ""
     edited: dict = dataclasses.field(default_factory=dict)  # op name -> node that now stands for its output
+    edits: tuple = ()  # the structural edits made, for probes that must know them (a changed call argument)
 
     @classmethod
     def of(cls, program: Program, graph: ModelGraph, model: nn.Module | None = None,
@@ -88,7 +89,7 @@ class Runnable:
             return cls(program.capture, graph, model, None, program.inputs)
         edited = _apply_edits(module, edits) if edits else {}
         return cls(program.capture, graph, model, module, program.inputs, tuple(program.values), program.prefix,
-                   edited)
+                   edited, tuple(edits))
 
     def with_inputs(self, inputs: ExampleInputs, values: tuple) -> "Runnable":
         return dataclasses.replace(self, inputs=inputs, values=values)
