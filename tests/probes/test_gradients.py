@@ -23,10 +23,27 @@ def encoder(norm_first: bool, depth: int = 6):
 
 
 @pytest.fixture(scope="module")
-def post_ln_report():
+def post_ln_run():
+    from tests.test_state import snapshot
+
     torch.manual_seed(0)
-    return lint(encoder(norm_first=False), torch.randn(2, 8, 32), select=["IL107", "IL204"], probe=True,
-                device="cpu")
+    model, x = encoder(norm_first=False), torch.randn(2, 8, 32)
+    before = snapshot(model)
+    report = lint(model, x, select=["IL107", "IL204"], probe=True, device="cpu")
+    return report, before, snapshot(model)
+
+
+@pytest.fixture(scope="module")
+def post_ln_report(post_ln_run):
+    return post_ln_run[0]
+
+
+def test_the_exported_model_is_left_as_it_was(post_ln_run):
+    from tests.test_state import assert_same
+
+    report, before, after = post_ln_run
+    assert report.targets[0].capture == "export"
+    assert_same(before, after)  # eager runs, Pre-LN twins and repairs all on copies or restored
 
 
 def test_post_ln_confirmed_and_fixed(post_ln_report):
