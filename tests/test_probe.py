@@ -270,3 +270,32 @@ def test_probe_on_cuda_confirms_and_keeps_the_model_on_its_device():
     assert f.probe.status is ProbeStatus.CONFIRMED and f.probe.fix_verified is True
     assert next(model.parameters()).device.type == "cpu"
     assert_same(before, snapshot(model))
+
+
+# -- every built-in rule ------------------------------------------------------------------------------------
+
+from initlint.probes import PROBES  # noqa: E402
+from initlint.rules import BUILTIN_RULES  # noqa: E402
+
+# The transformer examples go through torch.export (seconds each); test_gradients covers them on a smaller stack.
+SLOW_EXAMPLES = {"IL107", "IL204"}
+
+
+def test_every_built_in_rule_has_a_probe_with_a_repair():
+    missing = sorted(r.code for r in BUILTIN_RULES if r.code not in PROBES)
+    assert not missing, f"rules without a probe: {missing}"
+    assert all(PROBES[r.code].repair is not None for r in BUILTIN_RULES)
+
+
+@pytest.mark.parametrize("code", [pytest.param(r.code, marks=pytest.mark.slow) if r.code in SLOW_EXAMPLES
+                                  else r.code for r in BUILTIN_RULES])
+def test_the_documented_example_is_confirmed_and_its_fix_verified(code):
+    r = next(r for r in BUILTIN_RULES if r.code == code)
+    namespace: dict = {}
+    exec(compile(r.code_blocks("Example")[0], f"<{code} example>", "exec"), namespace)
+    report = lint(namespace["model"], namespace.get("example_inputs"), select=[code], probe=True, device="cpu")
+    found = [f for f in report.findings if f.code == code]
+    assert found, f"{code}'s example has no finding"
+    for f in found:
+        assert f.probe.status is ProbeStatus.CONFIRMED, (f.op, dict(f.probe.measured), f.probe.detail)
+        assert f.probe.fix_verified is True, (f.op, dict(f.probe.after_fix), f.probe.detail)
