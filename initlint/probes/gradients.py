@@ -26,8 +26,8 @@ from ..measure import LOSS_SEED
 from ..ops import OpKind, RecurrentMode, RecurrentParams
 from ..state import preserved
 from . import repairs
-from .runner import loss_targets
 from .records import Context, Edit, Measurement, Needs, Unrepairable, badness, judge
+from .runner import loss_targets
 
 # IL204: the last layer's gradient as arranged (Post-LN) 10% or more above the same blocks arranged Pre-LN.
 # Measured with nn.TransformerEncoderLayer at init (IL204's docs): 1.02, 1.08, 1.22 at depths 2, 4, 8 with
@@ -40,6 +40,8 @@ NO_GAP = 1.0
 RECURRENCE = 10.0
 # IL105's input amplitude: small enough that tanh and its slope stay within 1% of the linear recurrence's.
 SMALL_INPUT = 1e-2
+# The repair re-draws the recurrent matrices whose radius is outside [1/1.25, 1.25] (IL105's BAND).
+RADIUS_BAND = 1.25
 RNN_BATCH = 4
 DEFAULT_STEPS = 20
 
@@ -198,7 +200,7 @@ def recurrent_repair(model, finding: Finding, graph: ModelGraph) -> tuple[Edit, 
     if op.kind is OpKind.RECURRENT and isinstance(op.params, RecurrentParams):
         relu = op.params.mode is RecurrentMode.RNN_RELU
         names = [w.name for w, r in zip(op.params.hidden_weights, op.params.spectral_radius)
-                 if not (1 / 1.25 <= r <= 1.25)] or [w.name for w in op.params.hidden_weights]
+                 if not (1 / RADIUS_BAND <= r <= RADIUS_BAND)] or [w.name for w in op.params.hidden_weights]
     elif op.weight is not None:
         relu = False
         names = [op.weight.name]

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from ..findings import Finding, ProbeStatus
+from ..findings import Finding
 from ..graph import ModelGraph
 from ..ops import OpKind, ScaleParams
 from ..patterns import nonlinearity_after, signal_path
@@ -155,6 +155,5 @@ def precision_repair(model, finding: Finding, graph: ModelGraph) -> tuple[Edit, 
     return ()
 
 
-_ = ProbeStatus
 
 __all__ = ["precision_needs", "precision_measure", "precision_repair"]

@@ -102,18 +102,3 @@ def test_symmetric_init_forced_on_random_layer_not_reproduced():
     model = nn.Sequential(nn.Linear(16, 64), nn.Tanh(), nn.Linear(64, 1))
     f = forced(model, torch.randn(8, 16), "IL106", "_0", {"units": 64, "tied_units": 64})
     assert f.probe.status is NOT_REPRODUCED and f.probe.measured["rank"] == 16.0  # the fan-in bounds it
-
-
-def test_symmetric_init_forced_on_random_layer_not_reproduced():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(16, 64), nn.Tanh(), nn.Linear(64, 1))
-    f = forced(model, torch.randn(8, 16), "IL106", "_0", {"units": 64, "tied_units": 64})
-    assert f.probe.status is NOT_REPRODUCED and f.probe.measured["rank"] == 16.0  # the fan-in bounds it
-
-
-def one_or_more(model, inputs, code):
-    from .helpers import probed
-
-    found = probed(model, inputs, code)
-    assert found
-    return found
