@@ -8,7 +8,8 @@ graph. ``PROBES`` is the table for the built-in rules, keyed by code; a third-pa
 probe in ``Rule.probe``, and the table wins for built-in codes.
 
 Modules by family of measurement: ``variance`` (second moments of the shared pass), ``layers`` (one layer on
-random input), ``gradients``, ``attention``, ``precision`` (autocast), ``heads``, ``saturation``, ``clones``.
+random input), ``gradients``, ``attention``, ``precision`` (autocast), ``heads``, ``saturation``, ``clones``,
+``dropout``; ``runner`` runs the shared pass, ``repairs`` holds the fixes' common machine forms.
 
 >>> sorted(PROBES)[:3]
 ['IL101', 'IL102', 'IL103']
@@ -24,7 +25,7 @@ from types import MappingProxyType
 
 from ..findings import Finding
 from ..graph import ModelGraph
-from . import attention, clones, gradients, heads, layers, precision, saturation, variance
+from . import attention, clones, dropout, gradients, heads, layers, precision, saturation, variance
 from .records import Context, Edit, Measurement, Needs, needs_nothing
 
 
@@ -50,7 +51,7 @@ PROBES: Mapping[str, Probe] = MappingProxyType({
     "IL203": Probe(variance.concat_measure, variance.concat_needs, variance.concat_repair),
     "IL204": Probe(gradients.post_ln_measure, needs_nothing, gradients.post_ln_repair),
     "IL205": Probe(attention.attention_measure, attention.attention_needs, attention.attention_repair),
-    "IL206": Probe(variance.dropout_measure, variance.dropout_needs, variance.dropout_repair),
+    "IL206": Probe(dropout.dropout_measure, dropout.dropout_needs, dropout.dropout_repair),
     "IL301": Probe(precision.precision_measure, precision.precision_needs, precision.precision_repair),
     "IL302": Probe(saturation.saturation_measure, saturation.saturation_needs, saturation.saturation_repair),
     "IL303": Probe(variance.drift_measure, variance.drift_needs, variance.drift_repair),

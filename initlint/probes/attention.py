@@ -17,8 +17,9 @@ from ..findings import Finding
 from ..graph import ModelGraph
 from ..ops import AttentionParams, Op, OpKind, SoftmaxParams
 from . import repairs
-from .records import Context, Edit, Measurement, Needs, ScaleAfter, SetArgument, Tap, Unrepairable, finite, judge
-from .variance import _op
+from .records import (
+    Context, Edit, Measurement, Needs, ScaleAfter, SetArgument, Tap, Unrepairable, finding_op, finite, judge,
+)
 
 # A logit std of 3 or more, IL205's WARN_STD: three times what 1/sqrt(d_k) aims at, above the 1.78 of the
 # healthy Xavier case.
@@ -48,7 +49,7 @@ def _entropy(dim: int):
 
 
 def attention_needs(graph: ModelGraph, finding: Finding) -> Needs:
-    op = _op(graph, finding)
+    op = finding_op(graph, finding)
     if op.kind is OpKind.ATTENTION:
         return Needs.of(taps=[Tap(op.inputs[0], "q", _first_sample), Tap(op.inputs[1], "k", _first_sample)])
     dim = op.params.dim if isinstance(op.params, SoftmaxParams) else -1
@@ -56,7 +57,7 @@ def attention_needs(graph: ModelGraph, finding: Finding) -> Needs:
 
 
 def attention_measure(ctx: Context, finding: Finding) -> Measurement:
-    op = _op(ctx.graph, finding)
+    op = finding_op(ctx.graph, finding)
     if op.kind is OpKind.ATTENTION:
         q, k = ctx.tap(op.inputs[0], "q"), ctx.tap(op.inputs[1], "k")
         p = op.params if isinstance(op.params, AttentionParams) else AttentionParams()
@@ -117,7 +118,7 @@ def _operands(graph: ModelGraph, op: Op) -> tuple[str, str] | None:
 def attention_repair(model, finding: Finding, graph: ModelGraph) -> tuple[Edit, ...]:
     """The printed fix: the missing 1/sqrt(d_k) where that alone suffices, else the query and key projections
     scaled so that the logit variance is 1."""
-    op = _op(graph, finding)
+    op = finding_op(graph, finding)
     pred = finding.predicted
     d, scale, variance = pred.get("head_dim"), pred.get("scale"), pred.get("logit_variance")
     if not finite(variance):

@@ -63,18 +63,17 @@ def _last_weight(layer: nn.Module) -> str:
     return f"{names[-1]}.weight"
 
 
-def _pre_ln(model: nn.Module) -> nn.Module:
-    """A deep copy with every switchable layer Pre-LN and a final norm on stacks that have none."""
-    twin = copy.deepcopy(model)
-    for _, layer in _switchable(twin):
+def _switch_to_pre_ln(model: nn.Module) -> nn.Module:
+    """Every switchable layer of ``model`` Pre-LN, and a final norm on stacks that have none (in place)."""
+    for _, layer in _switchable(model):
         layer.norm_first = True
-    for m in twin.modules():
+    for m in model.modules():
         layers = getattr(m, "layers", None)
         if isinstance(layers, nn.ModuleList) and hasattr(m, "norm") and m.norm is None and len(layers):
             norm = getattr(layers[-1], "norm1", None)
             if isinstance(norm, nn.LayerNorm):
                 m.norm = nn.LayerNorm(norm.normalized_shape, eps=norm.eps).to(norm.weight.device, norm.weight.dtype)
-    return twin
+    return model
 
 
 def last_layer_gradient(model: nn.Module, param: str, ctx: Context) -> float:
@@ -112,7 +111,7 @@ def post_ln_measure(ctx: Context, finding: Finding) -> Measurement:
                       ProbeStatus.CONFIRMED if gap < NO_GAP else ProbeStatus.INCONCLUSIVE)
             return Measurement(numbers, status, "the layers are Pre-LN")
         return Measurement(numbers, ProbeStatus.NOT_REPRODUCED, "every layer already normalizes before its sublayer")
-    pre = last_layer_gradient(_pre_ln(ctx.model), param, ctx)
+    pre = last_layer_gradient(_switch_to_pre_ln(copy.deepcopy(ctx.model)), param, ctx)
     gap = here / pre if pre > 0 else math.inf
     depth = len(layers)
     numbers = {"last_layer_gradient": here, "pre_ln_last_layer_gradient": pre,
@@ -124,15 +123,9 @@ def post_ln_measure(ctx: Context, finding: Finding) -> Measurement:
 
 
 def post_ln_repair(model, finding: Finding, graph: ModelGraph) -> tuple[Edit, ...]:
-    layers = _switchable(model)
-    if not layers:
+    if not _switchable(model):
         raise Unrepairable("no layer has a `norm_first` switch; move the norms by hand (Pre-LN)")
-    twin = _pre_ln(model)
-    for (name, layer), (_, switched) in zip(layers, _switchable(twin)):
-        layer.norm_first = switched.norm_first
-    for m, t in zip(model.modules(), twin.modules()):
-        if hasattr(m, "norm") and hasattr(m, "layers") and m.norm is None and t.norm is not None:
-            m.norm = t.norm
+    _switch_to_pre_ln(model)
     return ()
 
 

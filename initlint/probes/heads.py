@@ -15,8 +15,7 @@ from ..findings import Finding
 from ..graph import ModelGraph
 from ..ops import ConvParams
 from . import repairs
-from .records import Context, Edit, Measurement, Needs, Tap, Unrepairable, finite, judge
-from .variance import _op
+from .records import Context, Edit, Measurement, Needs, Tap, Unrepairable, finding_op, finite, judge
 
 # The initial cross-entropy 1 nat or more above ln(C), IL104's EXCESS_NATS.
 EXCESS_NATS = 1.0
@@ -25,7 +24,7 @@ TARGET_STD = 0.5
 
 
 def _class_dim(graph: ModelGraph, finding: Finding) -> int:
-    return 1 if isinstance(_op(graph, finding).params, ConvParams) else -1
+    return 1 if isinstance(finding_op(graph, finding).params, ConvParams) else -1
 
 
 def _reducer(dim: int):
@@ -39,11 +38,11 @@ def _reducer(dim: int):
 
 
 def head_needs(graph: ModelGraph, finding: Finding) -> Needs:
-    return Needs.of(taps=[Tap(_op(graph, finding).name, "logits", _reducer(_class_dim(graph, finding)))])
+    return Needs.of(taps=[Tap(finding_op(graph, finding).name, "logits", _reducer(_class_dim(graph, finding)))])
 
 
 def head_measure(ctx: Context, finding: Finding) -> Measurement:
-    op = _op(ctx.graph, finding)
+    op = finding_op(ctx.graph, finding)
     stats = ctx.tap(op.name, "logits")
     if stats is None:
         return ctx.missing(f"the logits of `{op.module or op.name}`")
@@ -54,7 +53,7 @@ def head_measure(ctx: Context, finding: Finding) -> Measurement:
 
 
 def head_repair(model, finding: Finding, graph: ModelGraph) -> tuple[Edit, ...]:
-    op = _op(graph, finding)
+    op = finding_op(graph, finding)
     std = finding.predicted.get("target_std")
     if op.weight is None or not finite(std):
         raise Unrepairable("the finding gives no target std")

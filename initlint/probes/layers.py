@@ -21,8 +21,7 @@ from ..graph import ModelGraph
 from ..ops import ConvParams, LinearParams, Op
 from ..patterns import nonlinearity_after, normalized_after
 from . import repairs
-from .records import Context, Edit, Measurement, Needs, Unrepairable, finite, judge, ratio
-from .variance import _op
+from .records import Context, Edit, Measurement, Needs, Unrepairable, finding_op, finite, judge, ratio
 
 # IL102: the layer's forward gain 2x or more below what its init intends, IL102's MIN_FACTOR.
 DEPTHWISE = 2.0
@@ -49,13 +48,13 @@ def _generator(seed: int) -> torch.Generator:
 
 
 def depthwise_needs(graph: ModelGraph, finding: Finding) -> Needs:
-    op = _op(graph, finding)
+    op = finding_op(graph, finding)
     norms = normalized_after(graph, op)
     return Needs.of(ops=[op.name, *op.inputs[:1], *(n.name for n in norms[:1])])
 
 
 def depthwise_measure(ctx: Context, finding: Finding) -> Measurement:
-    op = _op(ctx.graph, finding)
+    op = finding_op(ctx.graph, finding)
     gain = ratio(ctx.second(op.name), ctx.second(op.inputs[0] if op.inputs else None))
     intended = finding.predicted.get("intended_forward_gain")
     if gain is None or not finite(intended) or not gain > 0:
@@ -69,7 +68,7 @@ def depthwise_measure(ctx: Context, finding: Finding) -> Measurement:
 
 
 def depthwise_repair(model, finding: Finding, graph: ModelGraph) -> tuple[Edit, ...]:
-    op = _op(graph, finding)
+    op = finding_op(graph, finding)
     intended = finding.predicted.get("intended_variance")
     if op.weight is None or not finite(intended):
         raise Unrepairable("the finding gives no intended variance")
@@ -118,7 +117,7 @@ def phase_moments(module: nn.Module, p: ConvParams, seed: int) -> list[float]:
 
 
 def checkerboard_measure(ctx: Context, finding: Finding) -> Measurement:
-    op = _op(ctx.graph, finding)
+    op = finding_op(ctx.graph, finding)
     p = _conv_params(op)
     module = repairs.submodule(ctx.model, op.module)
     moments = phase_moments(module, p, ctx.seed)
@@ -157,7 +156,7 @@ def _same_size(k: int, s: int, pad: int, out_pad: int, d: int) -> tuple[int, int
 
 def checkerboard_repair(model, finding: Finding, graph: ModelGraph) -> tuple[Edit, ...]:
     """Swap the kernel for one that is a multiple of the stride, with the same output size."""
-    op = _op(graph, finding)
+    op = finding_op(graph, finding)
     p = _conv_params(op)
     old = repairs.submodule(model, op.module)
     if not isinstance(old, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
@@ -222,7 +221,7 @@ def layer_rank(model: nn.Module, op: Op, seed: int) -> tuple[int, int]:
 
 
 def symmetric_measure(ctx: Context, finding: Finding) -> Measurement:
-    op = _op(ctx.graph, finding)
+    op = finding_op(ctx.graph, finding)
     if op.weight is None:
         return ctx.missing(f"the weight of `{op.module or op.name}`")
     units, groups = _units(op)
@@ -236,7 +235,7 @@ def symmetric_measure(ctx: Context, finding: Finding) -> Measurement:
 
 
 def symmetric_repair(model, finding: Finding, graph: ModelGraph) -> tuple[Edit, ...]:
-    op = _op(graph, finding)
+    op = finding_op(graph, finding)
     w = op.weight
     if w is None or not w.fan_in:
         raise Unrepairable("the layer has no weight with a known fan-in")

@@ -167,6 +167,13 @@ class Context:
         return Measurement({}, ProbeStatus.INCONCLUSIVE, f"{what} was not observed{why}")
 
 
+def finding_op(graph: ModelGraph, finding: Finding):
+    """The op a finding points at, or :class:`Unrepairable` when the graph has no such op."""
+    if finding.op is None or finding.op not in graph.ops:
+        raise Unrepairable(f"the finding names no op of the captured graph ({finding.op!r})")
+    return graph.op(finding.op)
+
+
 def needs_nothing(graph: ModelGraph, finding: Finding) -> Needs:
     return NOTHING
 
@@ -190,4 +197,4 @@ def badness(factor: float | None) -> float | None:
 
 
 __all__ = ["GRAY", "judge", "Tap", "Needs", "NOTHING", "Evidence", "ScaleAfter", "SetArgument", "Edit",
-           "Unrepairable", "Measurement", "Context", "needs_nothing", "finite", "ratio", "badness"]
+           "Unrepairable", "Measurement", "Context", "finding_op", "needs_nothing", "finite", "ratio", "badness"]

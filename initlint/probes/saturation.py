@@ -17,8 +17,9 @@ from ..gains import activation, with_derivative
 from ..graph import ModelGraph
 from ..ops import Activation, ActivationParams, OpKind
 from . import repairs
-from .records import Context, Edit, Measurement, Needs, ScaleAfter, Tap, Unrepairable, finite, judge
-from .variance import _op
+from .records import (
+    Context, Edit, Measurement, Needs, ScaleAfter, Tap, Unrepairable, finding_op, finite, judge,
+)
 
 # A unit is saturated where its slope is below 10% of the peak (IL302's SLOPE); the finding is confirmed when
 # half the units or more are (IL302's WARN_FRACTION).
@@ -47,14 +48,14 @@ def _reducer(p: ActivationParams):
 
 
 def saturation_needs(graph: ModelGraph, finding: Finding) -> Needs:
-    op = _op(graph, finding)
+    op = finding_op(graph, finding)
     if not isinstance(op.params, ActivationParams) or not op.inputs:
         raise Unrepairable(f"`{op.name}` is not an activation")
     return Needs.of(ops=[op.inputs[0]], taps=[Tap(op.inputs[0], "slopes", _reducer(op.params))])
 
 
 def saturation_measure(ctx: Context, finding: Finding) -> Measurement:
-    op = _op(ctx.graph, finding)
+    op = finding_op(ctx.graph, finding)
     stats = ctx.tap(op.inputs[0], "slopes")
     s = ctx.signal(op.inputs[0])
     if stats is None or s is None:
@@ -68,7 +69,7 @@ def saturation_measure(ctx: Context, finding: Finding) -> Measurement:
 def saturation_repair(model, finding: Finding, graph: ModelGraph) -> tuple[Edit, ...]:
     """The producing layer's weight rescaled so that the input std is the target (its bias zeroed when it alone
     would saturate), else a scale inserted before the activation."""
-    op = _op(graph, finding)
+    op = finding_op(graph, finding)
     target, std, mean = (finding.predicted.get(k) for k in ("target_input_std", "input_std", "input_mean"))
     if not finite(target, std, mean):
         raise Unrepairable("the finding gives no target input std")

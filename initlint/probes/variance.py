@@ -1,6 +1,6 @@
 """Probes read from the shared pass's second moments: off-scale weights (IL101), unscaled residual chains
-(IL201), unscaled branch sums (IL202), concatenations of mismatched scales (IL203), non-inverted dropout
-(IL206) and signal drift over layers (IL303).
+(IL201), unscaled branch sums (IL202), concatenations of mismatched scales (IL203) and signal drift over
+layers (IL303).
 
 Each measures the quantity the finding's message states (a layer's forward gain, the stream's growth over a
 chain, a sum's factor over its branches...) from the measured second moments, and judges it against a
@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import math
 
-from ..findings import Finding, ProbeStatus
+from ..findings import Finding
 from ..graph import ModelGraph
-from ..ops import Op, OpKind, RandomDist
+from ..ops import Op, OpKind
 from ..patterns import branch_ops, nonlinearity_after, projected_residual, residual, signal_path
 from . import repairs
 from .records import (
-    Context, Edit, Measurement, Needs, ScaleAfter, Tap, Unrepairable, badness, finite, judge, ratio,
+    Context, Edit, Measurement, Needs, ScaleAfter, Unrepairable, badness, finding_op, finite, judge, ratio,
 )
-from .runner import keep_all
 
 # IL101: a layer's effective weight second moment (measured forward gain / fan-in) 10x or more outside the
 # variance-preserving band, IL101's FACTOR.
@@ -35,13 +34,6 @@ BRANCH_SUM = 1.5
 # with a forward gain 1.5x or more what its init intends for the concatenated fan-in, IL203's MIN_WIDTH_FACTOR.
 CONCAT_RATIO = 10.0
 WIDTH_FACTOR = 1.5
-# IL206: the train-mode factor on the mean through the mask, estimated per element (out / data where the data
-# is nonzero: the mask times its scale) with its standard error. The finding is confirmed when the factor is
-# more than 2% (IL206's TOLERANCE) plus two standard errors from 1, not reproduced when it is within that of 1.
-# One mask draw over n elements spreads by sqrt(q(1 - q)/n): 3% at n = 256, q = 1/2.
-TOLERANCE = 0.02
-STANDARD_ERRORS = 2.0
-MIN_ELEMENTS = 30  # fewer nonzero elements than this: inconclusive
 # IL303: the forward or backward second moment changes 100x or more over the stretch of layers, IL303's FACTOR.
 DRIFT = 100.0
 # IL303's fix re-initializes the layers whose weight second moment is more than 1.5x off the variance-preserving
@@ -54,22 +46,16 @@ _COUNTED = frozenset({OpKind.LINEAR, OpKind.CONV, OpKind.ACTIVATION})
 _LAYERS = (OpKind.LINEAR, OpKind.CONV)
 
 
-def _op(graph: ModelGraph, finding: Finding) -> Op:
-    if finding.op is None or finding.op not in graph.ops:
-        raise Unrepairable(f"the finding names no op of the captured graph ({finding.op!r})")
-    return graph.op(finding.op)
-
-
 # -- IL101 off-scale-weights -------------------------------------------------------------------------------
 
 
 def off_scale_needs(graph: ModelGraph, finding: Finding) -> Needs:
-    op = _op(graph, finding)
+    op = finding_op(graph, finding)
     return Needs.of(ops=[op.name, *op.inputs[:1]])
 
 
 def off_scale_measure(ctx: Context, finding: Finding) -> Measurement:
-    op = _op(ctx.graph, finding)
+    op = finding_op(ctx.graph, finding)
     gain = ratio(ctx.second(op.name), ctx.second(op.inputs[0] if op.inputs else None))
     w = op.weight
     low, high = finding.predicted.get("band_low"), finding.predicted.get("band_high")
@@ -82,7 +68,7 @@ def off_scale_measure(ctx: Context, finding: Finding) -> Measurement:
 
 
 def off_scale_repair(model, finding: Finding, graph: ModelGraph) -> tuple[Edit, ...]:
-    op = _op(graph, finding)
+    op = finding_op(graph, finding)
     std = finding.predicted.get("target_std")
     if op.weight is None or not finite(std):
         raise Unrepairable("the finding gives no target std")
@@ -130,12 +116,12 @@ def residual_chain(graph: ModelGraph, first: Op) -> list:
 
 
 def residual_needs(graph: ModelGraph, finding: Finding) -> Needs:
-    chain = residual_chain(graph, _op(graph, finding))
+    chain = residual_chain(graph, finding_op(graph, finding))
     return Needs.of(ops=[chain[0].skip.name, _stream_end(graph, chain[-1].add).name])
 
 
 def residual_measure(ctx: Context, finding: Finding) -> Measurement:
-    chain = residual_chain(ctx.graph, _op(ctx.graph, finding))
+    chain = residual_chain(ctx.graph, finding_op(ctx.graph, finding))
     start, end = chain[0].skip.name, _stream_end(ctx.graph, chain[-1].add).name
     growth = ratio(ctx.second(end), ctx.second(start))
     if growth is None:
@@ -148,7 +134,7 @@ def residual_measure(ctx: Context, finding: Finding) -> Measurement:
 def residual_repair(model, finding: Finding, graph: ModelGraph) -> tuple[Edit, ...]:
     """SkipInit (the last weight layer of each branch starts at zero) where every branch has one, else the
     printed scale after each add."""
-    chain = residual_chain(graph, _op(graph, finding))
+    chain = residual_chain(graph, finding_op(graph, finding))
     lasts = []
     for res in chain:
         members = branch_ops(graph, res)
@@ -213,12 +199,12 @@ def branch_sum(graph: ModelGraph, op: Op) -> tuple[Op, list[Op], Op]:
 
 
 def branch_sum_needs(graph: ModelGraph, finding: Finding) -> Needs:
-    fork, branches, out = branch_sum(graph, _op(graph, finding))
+    fork, branches, out = branch_sum(graph, finding_op(graph, finding))
     return Needs.of(ops=[fork.name, out.name, *(b.name for b in branches)])
 
 
 def branch_sum_measure(ctx: Context, finding: Finding) -> Measurement:
-    fork, branches, out = branch_sum(ctx.graph, _op(ctx.graph, finding))
+    fork, branches, out = branch_sum(ctx.graph, finding_op(ctx.graph, finding))
     seconds = [ctx.second(b.name) for b in branches]
     if not finite(*seconds) or not finite(ctx.second(out.name)):
         return ctx.missing("the branches' second moments")
@@ -235,7 +221,7 @@ def branch_sum_repair(model, finding: Finding, graph: ModelGraph) -> tuple[Edit,
     factor = finding.predicted.get("factor")
     if not finite(factor) or not factor > 0:
         raise Unrepairable("the finding gives no factor")
-    return (ScaleAfter(_op(graph, finding).name, 1.0 / math.sqrt(factor)),)
+    return (ScaleAfter(finding_op(graph, finding).name, 1.0 / math.sqrt(factor)),)
 
 
 # -- IL203 concat-scale-mismatch ---------------------------------------------------------------------------
@@ -245,28 +231,20 @@ def _width_finding(finding: Finding) -> bool:
     return "forward_gain_factor" in finding.predicted
 
 
-def _concat_of(graph: ModelGraph, layer: Op) -> Op | None:
-    src = graph.op(layer.inputs[0]) if layer.inputs else None
-    while src is not None and src.kind is not OpKind.CONCAT and src.kind in _TRIVIAL | {OpKind.ACTIVATION} \
-            and src.inputs:
-        src = graph.op(src.inputs[0])
-    return src if src is not None and src.kind is OpKind.CONCAT else None
-
-
 def _parts(graph: ModelGraph, concat: Op) -> list[Op]:
     return [graph.op(n) for n in dict.fromkeys(concat.inputs)
             if graph.op(n).kind not in (OpKind.PARAM, OpKind.FACTORY)]
 
 
 def concat_needs(graph: ModelGraph, finding: Finding) -> Needs:
-    op = _op(graph, finding)
+    op = finding_op(graph, finding)
     if _width_finding(finding):
         return Needs.of(ops=[op.name, *op.inputs[:1]])
     return Needs.of(ops=[p.name for p in _parts(graph, op)])
 
 
 def concat_measure(ctx: Context, finding: Finding) -> Measurement:
-    op = _op(ctx.graph, finding)
+    op = finding_op(ctx.graph, finding)
     if _width_finding(finding):
         gain = ratio(ctx.second(op.name), ctx.second(op.inputs[0]))
         intended = finding.predicted.get("intended_variance")
@@ -284,7 +262,7 @@ def concat_measure(ctx: Context, finding: Finding) -> Measurement:
 
 
 def concat_repair(model, finding: Finding, graph: ModelGraph) -> tuple[Edit, ...]:
-    op = _op(graph, finding)
+    op = finding_op(graph, finding)
     if _width_finding(finding):
         intended = finding.predicted.get("intended_variance")
         if op.weight is None or not finite(intended):
@@ -305,78 +283,6 @@ def concat_repair(model, finding: Finding, graph: ModelGraph) -> tuple[Edit, ...
             repairs.scale(model, src.bias.name, gain)
         return ()
     return (ScaleAfter(weak.name, gain),)
-
-
-# -- IL206 non-inverted-dropout ----------------------------------------------------------------------------
-
-
-def _is_mask(graph: ModelGraph, name: str) -> bool:
-    op = graph.op(name)
-    while op.kind in (OpKind.PASSTHROUGH, OpKind.SCALE, OpKind.COMPARE) and op.inputs:
-        op = graph.op(op.inputs[0])
-    return op.kind is OpKind.RANDOM and op.params is not None and op.params.dist in (
-        RandomDist.UNIFORM, RandomDist.BERNOULLI)
-
-
-def dropout_operands(graph: ModelGraph, op: Op) -> tuple[str, str]:
-    """(the data operand, the mask operand) of a masking product."""
-    if op.kind is not OpKind.MUL or len(op.inputs) != 2:
-        raise Unrepairable(f"`{op.name}` is not a product with a mask")
-    a, b = op.inputs
-    if _is_mask(graph, b):
-        return a, b
-    if _is_mask(graph, a):
-        return b, a
-    raise Unrepairable(f"no operand of `{op.name}` is a random mask")
-
-
-def _rescaled(graph: ModelGraph, op: Op) -> Op:
-    """``op``'s output after the constant scales applied to it before anything else uses it (``x * m / q``)."""
-    while True:
-        users = graph.consumers(op)
-        if len(users) != 1 or users[0].kind not in (OpKind.SCALE, OpKind.PASSTHROUGH):
-            return op
-        nxt = users[0]
-        if nxt.kind is OpKind.SCALE and (nxt.params is None or nxt.params.shift != 0.0 or nxt.params.param):
-            return op
-        op = nxt
-
-
-def dropout_needs(graph: ModelGraph, finding: Finding) -> Needs:
-    op = _op(graph, finding)
-    data, _ = dropout_operands(graph, op)
-    out = _rescaled(graph, op).name
-    return Needs.of(taps=[Tap(data, "values", keep_all), Tap(out, "values", keep_all)])
-
-
-def dropout_measure(ctx: Context, finding: Finding) -> Measurement:
-    op = _op(ctx.graph, finding)
-    data, _ = dropout_operands(ctx.graph, op)
-    x, y = ctx.tap(data, "values"), ctx.tap(_rescaled(ctx.graph, op).name, "values")
-    if x is None or y is None or x.shape != y.shape:
-        return ctx.missing(f"the values through `{op.module or op.name}`")
-    x, y = x.double().reshape(-1), y.double().reshape(-1)
-    live = x != 0
-    n = int(live.sum())
-    if n < MIN_ELEMENTS:
-        return ctx.missing(f"enough nonzero values into `{op.module or op.name}` ({n})")
-    kept = y[live] / x[live]  # the mask times its scale, per element
-    mean_factor = float(kept.mean())
-    se = float(kept.std(correction=1)) / math.sqrt(n)
-    second_factor = float((y * y).sum() / (x * x).sum())
-    numbers = {"train_mean_factor": mean_factor, "train_second_moment_factor": second_factor,
-               "eval_over_train": 1.0 / mean_factor if mean_factor else math.inf, "standard_error": se,
-               "elements": float(n)}
-    off = abs(mean_factor - 1.0) - STANDARD_ERRORS * se
-    status = ProbeStatus.CONFIRMED if off > TOLERANCE else ProbeStatus.NOT_REPRODUCED
-    return Measurement(numbers, status)
-
-
-def dropout_repair(model, finding: Finding, graph: ModelGraph) -> tuple[Edit, ...]:
-    mean = finding.predicted.get("train_mean_factor")
-    if not finite(mean) or not mean > 0:
-        raise Unrepairable("the keep probability is not known")
-    return (ScaleAfter(_op(graph, finding).name, 1.0 / mean),)
 
 
 # -- IL303 signal-drift ------------------------------------------------------------------------------------
@@ -402,12 +308,12 @@ def drift_steps(graph: ModelGraph, last: Op) -> list[tuple[Op, Op]]:
 
 
 def drift_needs(graph: ModelGraph, finding: Finding) -> Needs:
-    steps = drift_steps(graph, _op(graph, finding))
+    steps = drift_steps(graph, finding_op(graph, finding))
     return Needs.of(ops=[n for prev, op in steps for n in (prev.name, op.name)])
 
 
 def drift_measure(ctx: Context, finding: Finding) -> Measurement:
-    steps = drift_steps(ctx.graph, _op(ctx.graph, finding))
+    steps = drift_steps(ctx.graph, finding_op(ctx.graph, finding))
     forward = backward = 1.0
     for prev, op in steps:
         f = ratio(ctx.second(op.name), ctx.second(prev.name))
@@ -425,7 +331,7 @@ def drift_measure(ctx: Context, finding: Finding) -> Measurement:
 
 
 def drift_repair(model, finding: Finding, graph: ModelGraph) -> tuple[Edit, ...]:
-    layers = [op for _, op in drift_steps(graph, _op(graph, finding)) if op.kind in _LAYERS and op.weight is not None]
+    layers = [op for _, op in drift_steps(graph, finding_op(graph, finding)) if op.kind in _LAYERS and op.weight is not None]
     done = 0
     for op in layers:
         w = op.weight
@@ -441,5 +347,4 @@ def drift_repair(model, finding: Finding, graph: ModelGraph) -> tuple[Edit, ...]
 
 __all__ = ["off_scale_needs", "off_scale_measure", "off_scale_repair", "residual_needs", "residual_measure",
            "residual_repair", "branch_sum_needs", "branch_sum_measure", "branch_sum_repair", "concat_needs",
-           "concat_measure", "concat_repair", "dropout_needs", "dropout_measure", "dropout_repair",
-           "drift_needs", "drift_measure", "drift_repair", "residual_chain", "branch_sum"]
+           "concat_measure", "concat_repair", "drift_needs", "drift_measure", "drift_repair", "residual_chain", "branch_sum"]
