@@ -192,6 +192,28 @@ def misses(outcomes: Sequence[Outcome], names: dict[str, str]) -> list[str]:
     return lines
 
 
+def accuracy_record(scores: Sequence[RuleScore]) -> dict:
+    """What the baseline keeps: per installed rule and overall, precision, recall and the counts behind them."""
+    return {s.code: {"precision": s.precision, "recall": s.recall, "tp": s.tp, "fn": s.fn, "fp": s.fp}
+            for s in [*scores, totals(scores)] if s.name is not None}
+
+
+def probe_misses(outcomes: Sequence[Outcome]) -> list[str]:
+    """True-positive findings whose probe did not confirm them, or whose fix it did not verify."""
+    from initlint.findings import ProbeStatus, Severity
+
+    lines = []
+    for o in outcomes:
+        for f in o.findings:
+            if f.code not in o.case.must or f.severity.rank < Severity.WARNING.rank or f.probe is None:
+                continue
+            if f.probe.status is not ProbeStatus.CONFIRMED or f.probe.fix_verified is not True:
+                verified = {True: "fix verified", False: "fix NOT verified", None: "fix not tried"}[f.probe.fix_verified]
+                lines.append(f"{o.case.name}: {f.code} at `{f.module}` probe {f.probe.status.value}, {verified}"
+                             + (f": {f.probe.detail}" if f.probe.detail else ""))
+    return lines
+
+
 def select_cases(fast: bool, only: str | None):
     from benchmarks.cases import CASES, FAST
 
@@ -205,13 +227,20 @@ def select_cases(fast: bool, only: str | None):
 def evaluate(cases, probe: bool = False, progress=None) -> tuple[list[Outcome], list[RuleScore], dict[str, str]]:
     from benchmarks.cases import CODES
 
+    import torch
+
     names = installed()
     outcomes = []
-    for c in cases:
-        o = run_case(c, probe)
-        outcomes.append(o)
-        if progress:
-            progress(o)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared machine; also makes timings steadier
+    try:
+        for c in cases:
+            o = run_case(c, probe)
+            outcomes.append(o)
+            if progress:
+                progress(o)
+    finally:
+        torch.set_num_threads(threads)
     return outcomes, score(outcomes, CODES, names), names
 
 
@@ -224,10 +253,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--verbose", "-v", action="store_true", help="one line per case")
     ap.add_argument("--fuzz", type=int, default=0, metavar="N", help="also lint N generated models")
+    ap.add_argument("--record", action="store_true",
+                    help="write precision and recall per rule to benchmarks/baseline.json (with --fast: what CI checks)")
     args = ap.parse_args(argv)
-    import torch
-
-    torch.set_num_threads(1)  # a shared machine; also makes timings steadier
     probe = args.probe and probe_available()
     if args.probe and not probe:
         print("note: the probe stage is not installed (initlint.lint has no `probe` option): probe columns empty")
@@ -257,6 +285,16 @@ def main(argv=None) -> int:
     lines = misses(outcomes, names)
     if lines:
         print(f"\nmisses ({len(lines)}):")
+        for line in lines:
+            print("  " + line)
+    if args.record:
+        from benchmarks import baseline
+
+        baseline.record("accuracy_fast" if args.fast else "accuracy", accuracy_record(scores))
+        print(f"\nrecorded in {baseline.PATH}")
+    if probe:
+        lines = probe_misses(outcomes)
+        print(f"\nprobe misses ({len(lines)}):" if lines else "\nprobe misses: none")
         for line in lines:
             print("  " + line)
     fuzz = None

@@ -45,7 +45,7 @@ class Case:
     rule: str | None = None  # the rule a pair is written for; None in the zoo
     style: str = ""
     fixed: bool = True  # the healthy side of a pair, or a zoo model
-    fast: bool = False  # part of the subset the test suite runs (tests/bench)
+    fast: bool = False  # part of the subset the test suite runs (tests/bench): the pairs and the fx replicas
 
     @property
     def group(self) -> str:
@@ -64,11 +64,12 @@ def seeded(fn: Callable[[], Any]) -> Builder:
 
 
 def pair(rule: str, style: str, defective: Callable, fixed: Callable, *, may: Iterable[str] = (),
-         fixed_may: Iterable[str] = (), fast: bool = False) -> tuple[Case, Case]:
+         fixed_may: Iterable[str] = (), fast: bool = True) -> tuple[Case, Case]:
     """A defective model that must get ``rule`` and its fix that must get nothing.
 
     ``may``: other codes the defect itself may raise (not scored on the defective side). ``fixed_may``: codes
     not scored on the fixed side, for a fix that is only about ``rule`` (kept rare; each use is commented).
+    ``fast``: in the subset the test suite runs; pairs are, but for the few that take a second to capture.
     """
     may, fixed_may = frozenset(may), frozenset(fixed_may)
     return (

@@ -115,7 +115,7 @@ class Layers(nn.Module):
 
 
 IL204 = [
-    *pair("IL204", "encoder-layers", lambda: (Layers(False), _x()), lambda: (Layers(True), _x()), fast=True),
+    *pair("IL204", "encoder-layers", lambda: (Layers(False), _x()), lambda: (Layers(True), _x()), fast=False),
     *pair("IL204", "hand-attention", lambda: (Stack(HandAttention, post=True), _x()),
           lambda: (Stack(HandAttention, post=False), _x())),
     *pair("IL204", "sdpa-rmsnorm", lambda: (Stack(SDPAttention, norm=RMSNorm, post=True), _x()),
@@ -160,7 +160,7 @@ class MHA(nn.Module):
 IL205 = [
     # logit std about 10.6 over 64 keys
     *pair("IL205", "hand-single-head", lambda: (SingleHead(False), torch.randn(2, 64, 128)),
-          lambda: (SingleHead(True), torch.randn(2, 64, 128)), fast=True),
+          lambda: (SingleHead(True), torch.randn(2, 64, 128))),
     # sdpa with scale=1 on 32-wide heads of Xavier q, k
     *pair("IL205", "sdpa-scale-1", lambda: (Stack(lambda: SDPAttention(D * 4, 2, scale=1.0), depth=2, d=D * 4),
                                             torch.randn(2, 32, D * 4)),

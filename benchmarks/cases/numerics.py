@@ -65,7 +65,7 @@ IL301 = [
     # 10x the std per layer: x100 per layer in variance, past 65504 by layer 3 (each layer also IL101, the stack
     # IL303, the 256 outputs a regression head read as hot, IL104)
     *pair("IL301", "overflow-sequential", lambda: _linear_stack(10.0), lambda: _linear_stack(1.0),
-          may={"IL101", "IL303", "IL104"}, fast=True),
+          may={"IL101", "IL303", "IL104"}),
     *pair("IL301", "underflow-functional", lambda: (ConvUnderflow(0.1), torch.randn(2, 16, 8, 8)),
           lambda: (ConvUnderflow(1.0), torch.randn(2, 16, 8, 8)), may={"IL101", "IL303"}),
     # raw int16 audio: the input itself is in range, the first conv's output is not (the 8 outputs, read as
@@ -123,7 +123,7 @@ class HardtanhConv(nn.Module):
 
 IL302 = [
     # pre-activation std 4: 65% saturated
-    *pair("IL302", "sequential-tanh", lambda: _tanh_net(0.5), lambda: _tanh_net(None), may={"IL101"}, fast=True),
+    *pair("IL302", "sequential-tanh", lambda: _tanh_net(0.5), lambda: _tanh_net(None), may={"IL101"}),
     *pair("IL302", "sigmoid-gate-bias", lambda: (Gated(8.0), torch.randn(16, 64)),
           lambda: (Gated(0.0), torch.randn(16, 64))),
     # 3x the std of a variance-preserving conv (9x in variance) in front of each hardtanh
@@ -181,7 +181,7 @@ class GeluGrowth(nn.Module):
 
 
 IL303 = [
-    *pair("IL303", "sequential-default", lambda: _relu_stack(False), lambda: _relu_stack(True), fast=True),
+    *pair("IL303", "sequential-default", lambda: _relu_stack(False), lambda: _relu_stack(True)),
     *pair("IL303", "conv-explicit", lambda: (DefaultConvs(False), torch.randn(2, 3, 16, 16)),
           lambda: (DefaultConvs(True), torch.randn(2, 3, 16, 16))),
     *pair("IL303", "functional-growth", lambda: (GeluGrowth(2.0), torch.randn(16, 128)),

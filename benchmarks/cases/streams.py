@@ -142,8 +142,7 @@ class ParallelBlock(nn.Module):
 
 IL201 = [
     # 2^8 = 256 growth
-    *pair("IL201", "sequential-plus", lambda: _plus_stack(False), lambda: _plus_stack(True), may={"IL301"},
-          fast=True),
+    *pair("IL201", "sequential-plus", lambda: _plus_stack(False), lambda: _plus_stack(True), may={"IL301"}),
     *pair("IL201", "out-plus-equals", lambda: (ResNetNoBN(False), torch.randn(2, 3, 16, 16)),
           lambda: (ResNetNoBN(True), torch.randn(2, 3, 16, 16)), may={"IL301"}),
     *pair("IL201", "torch-add", lambda: (AddStack(False), torch.randn(4, 8, 64)),
@@ -230,7 +229,7 @@ def _inception(scaled: bool):
 
 IL202 = [
     # 4 paths: x4 per block, x64 over 3 (IL303 may see the drift)
-    *pair("IL202", "sum-generator", lambda: _multipath(False), lambda: _multipath(True), may={"IL303"}, fast=True),
+    *pair("IL202", "sum-generator", lambda: _multipath(False), lambda: _multipath(True), may={"IL303"}),
     *pair("IL202", "stack-sum", lambda: (Stacked(False), torch.randn(16, 64)), lambda: (Stacked(True), torch.randn(16, 64)),
           may={"IL302", "IL303"}),
     *pair("IL202", "inception-explicit", lambda: _inception(False), lambda: _inception(True), may={"IL303"}),
@@ -299,7 +298,7 @@ class UNetDecoder(nn.Module):
 
 IL203 = [
     # N(0, 0.02) embedding next to standardized features: second-moment ratio 2500
-    *pair("IL203", "embedding-features", lambda: _recommender(0.02), lambda: _recommender(None), fast=True),
+    *pair("IL203", "embedding-features", lambda: _recommender(0.02), lambda: _recommender(None)),
     *pair("IL203", "raw-units", lambda: _rgbd(False), lambda: _rgbd(True), may={"IL101", "IL301", "IL303"}),
     *pair("IL203", "decoder-init", lambda: (UNetDecoder(False), torch.randn(2, 3, 16, 16)),
           lambda: (UNetDecoder(True), torch.randn(2, 3, 16, 16))),
@@ -352,7 +351,7 @@ def _droppath(inverted: bool):
 
 IL206 = [
     *pair("IL206", "rand-mask", lambda: (MaskDropout("rand", False), torch.randn(8, 32)),
-          lambda: (MaskDropout("rand", True), torch.randn(8, 32)), fast=True),
+          lambda: (MaskDropout("rand", True), torch.randn(8, 32))),
     *pair("IL206", "bernoulli", lambda: (MaskDropout("bernoulli", False), torch.randn(8, 32)),
           lambda: (MaskDropout("bernoulli", True), torch.randn(8, 32))),
     *pair("IL206", "drop-path", lambda: _droppath(False), lambda: _droppath(True)),

@@ -64,7 +64,7 @@ class ConvNet(nn.Module):
 IL101 = [
     # 128x Kaiming's variance in the first layer: the output is 128x too large (IL104: the 10-way head's logits
     # grow with it; IL303: the stretch from the input drifts x128)
-    *pair("IL101", "sequential", lambda: _mlp(1.0), lambda: _mlp(None), may={"IL104", "IL303"}, fast=True),
+    *pair("IL101", "sequential", lambda: _mlp(1.0), lambda: _mlp(None), may={"IL104", "IL303"}),
     # 1/400 of Kaiming's variance, functional: the signal is 400x too small at the output
     *pair("IL101", "functional", lambda: (FunctionalMLP(0.0025 / math.sqrt(2)), torch.randn(32, 128)),
           lambda: (FunctionalMLP(math.sqrt(2 / 128)), torch.randn(32, 128)), may={"IL303"}),
@@ -122,8 +122,7 @@ class ResNeXtBlock(nn.Module):
 
 IL102 = [
     # torch's fan-out for a 64-channel depthwise conv: 64x too small (the signal shrinks x64: IL303)
-    *pair("IL102", "sequential", lambda: _separable("fan_out"), lambda: _separable("fan_in"), may={"IL303", "IL101"},
-          fast=True),
+    *pair("IL102", "sequential", lambda: _separable("fan_out"), lambda: _separable("fan_in"), may={"IL303", "IL101"}),
     *pair("IL102", "functional-1d", lambda: (FunctionalDepthwise("xavier"), torch.randn(2, 96, 32)),
           lambda: (FunctionalDepthwise("kaiming"), torch.randn(2, 96, 32)), may={"IL303", "IL101"}),
     *pair("IL102", "grouped-explicit", lambda: (ResNeXtBlock("fan_out"), torch.randn(2, 128, 8, 8)),
@@ -169,9 +168,9 @@ class Vocoder(nn.Module):
 
 
 IL103 = [
-    *pair("IL103", "sequential", lambda: _upsampler(3, 1), lambda: _upsampler(4, 0), fast=True),
+    *pair("IL103", "sequential", lambda: _upsampler(3, 1), lambda: _upsampler(4, 0)),
     *pair("IL103", "functional", lambda: (FunctionalUp(3), torch.randn(2, 16, 8, 8)),
-          lambda: (FunctionalUp(4), torch.randn(2, 16, 8, 8))),
+          lambda: (FunctionalUp(4), torch.randn(2, 16, 8, 8)), fast=False),  # torch.export: a second
     *pair("IL103", "conv1d", lambda: (Vocoder(5), torch.randn(2, 32, 50)), lambda: (Vocoder(4), torch.randn(2, 32, 50))),
 ]
 
@@ -223,7 +222,7 @@ class ConvClassifier(nn.Module):
 
 IL104 = [
     # logit std 5.2 over 100 classes
-    *pair("IL104", "sequential", lambda: _classifier(0.2), lambda: _classifier(0.02), fast=True),
+    *pair("IL104", "sequential", lambda: _classifier(0.2), lambda: _classifier(0.02)),
     # a tied embedding left at nn.Embedding's N(0, 1): logit std sqrt(64) = 8
     *pair("IL104", "tied-embedding", lambda: (TiedLM(None), torch.randint(0, 256, (4, 16))),
           lambda: (TiedLM(0.02), torch.randint(0, 256, (4, 16)))),
@@ -283,9 +282,9 @@ class ReluTagger(nn.Module):
 
 
 IL105 = [
-    *pair("IL105", "nn-rnn", lambda: _rnn(False), lambda: _rnn(True), fast=True),
+    *pair("IL105", "nn-rnn", lambda: _rnn(False), lambda: _rnn(True)),
     *pair("IL105", "hand-loop", lambda: (LoopRNN(False), torch.randn(2, 16, 8)),
-          lambda: (LoopRNN(True), torch.randn(2, 16, 8))),
+          lambda: (LoopRNN(True), torch.randn(2, 16, 8)), fast=False),
     # an exploding ReLU recurrence grows the forward state too (IL303, IL301 may see it)
     *pair("IL105", "relu-embedding", lambda: (ReluTagger(False), torch.randint(0, 50, (2, 24))),
           lambda: (ReluTagger(True), torch.randint(0, 50, (2, 24))), may={"IL303", "IL301", "IL104"}),
@@ -339,7 +338,7 @@ class ConstantFunctional(nn.Module):
 
 
 IL106 = [
-    *pair("IL106", "sequential", lambda: _tanh_mlp(True), lambda: _tanh_mlp(False), may={"IL302", "IL303"}, fast=True),
+    *pair("IL106", "sequential", lambda: _tanh_mlp(True), lambda: _tanh_mlp(False), may={"IL302", "IL303"}),
     # a zero hidden conv outputs only its bias: everything after it is constant (IL303 may see a collapse)
     *pair("IL106", "zero-conv", lambda: (ZeroHiddenConv(True), torch.randn(2, 3, 16, 16)),
           lambda: (ZeroHiddenConv(False), torch.randn(2, 3, 16, 16)), may={"IL303", "IL101"}),
@@ -415,7 +414,7 @@ class StateCopied(nn.Module):
 
 
 IL107 = [
-    *pair("IL107", "transformer-encoder", lambda: _encoder(False), lambda: _encoder(True), fast=True),
+    *pair("IL107", "transformer-encoder", lambda: _encoder(False), lambda: _encoder(True), fast=False),
     *pair("IL107", "deepcopy", lambda: (DeepCopied(False), torch.randn(2, 8, 64)),
           lambda: (DeepCopied(True), torch.randn(2, 8, 64))),
     *pair("IL107", "load-state-dict", lambda: (StateCopied(False), torch.randn(2, 3, 16, 16)),
