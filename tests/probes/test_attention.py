@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .helpers import NOT_REPRODUCED, confirmed_and_fixed, one
+from .stage import NOT_REPRODUCED, confirmed_and_fixed, one
 
 # Claim 9: Xavier d -> d_k projections without the scale give logit variance 203 (std 14.2) at d = 512; with a
 # smaller d the engine's prediction holds within 10% on the 4 x 64 x 64 logits measured here.

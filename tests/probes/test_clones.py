@@ -8,7 +8,7 @@ import copy
 import torch
 from torch import nn
 
-from .helpers import NOT_REPRODUCED, confirmed_and_fixed, forced, one
+from .stage import NOT_REPRODUCED, confirmed_and_fixed, forced, one
 
 
 class Block(nn.Module):

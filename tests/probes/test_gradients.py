@@ -12,7 +12,7 @@ from torch import nn
 from initlint import lint
 from initlint.probes.gradients import PRE_LN_GAP
 
-from .helpers import NOT_REPRODUCED, confirmed_and_fixed, forced, one
+from .stage import NOT_REPRODUCED, confirmed_and_fixed, forced, one
 
 
 def encoder(norm_first: bool, depth: int = 6):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .helpers import NOT_REPRODUCED, confirmed_and_fixed, forced, one, probed
+from .stage import NOT_REPRODUCED, confirmed_and_fixed, forced, one, probed
 
 # A forward gain measured over 4 x 64 x 16 x 16 outputs is within 10% of the engine's; phase ratios of a
 # kernel that is a multiple of the stride stay under IL103's probe's 1.25 with 16 output channels (measured

@@ -7,7 +7,7 @@ import importlib
 import torch
 from torch import nn
 
-from .helpers import NOT_REPRODUCED, confirmed_and_fixed, probed
+from .stage import NOT_REPRODUCED, confirmed_and_fixed, probed
 
 # Claim 12: std 1e5 after five x10 layers, 51% inf; the probe counts on 64 x 512 values: within 0.05.
 FRACTION_TOLERANCE = 0.05

@@ -7,7 +7,7 @@ import importlib
 import torch
 from torch import nn
 
-from .helpers import NOT_REPRODUCED, confirmed_and_fixed, one
+from .stage import NOT_REPRODUCED, confirmed_and_fixed, one
 
 # IL302's docs: 64% saturated measured for 66% predicted on 20,000 inputs; on 64 x 256 values within 0.05.
 FRACTION_TOLERANCE = 0.05

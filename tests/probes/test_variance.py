@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from .helpers import CONFIRMED, NOT_REPRODUCED, confirmed_and_fixed, forced, one, probed
+from .stage import CONFIRMED, NOT_REPRODUCED, confirmed_and_fixed, forced, one, probed
 
 # A second moment measured at the probe's batch (32 x 256 values and more) is within 10% of the engine's
 # prediction for these Gaussian layers (measured here: 0.1% to 4%); growth over a chain of 6 random adds, with
