@@ -154,7 +154,7 @@ def _config(args):
                        ignore=tuple(_split(args.ignore)) if args.ignore is not None else None,
                        fail_level=Severity.parse(args.fail_level) if args.fail_level else None,
                        capture=args.capture, baseline=Path(args.baseline).resolve() if args.baseline else None,
-                       probe=args.probe, device=args.device)
+                       probe=args.probe, device=args.device, signals=True if args.signals or args.plot else None)
     if args.input_shape or args.input_dtype:  # the command line's example inputs, for every target it names
         shapes = tuple(tuple(s) for s in args.input_shape) if args.input_shape else None
         targets = [cfg.target(t) for t in args.targets] or list(cfg.targets)
@@ -185,10 +185,6 @@ def _lint(args) -> int:
     report = lint_project(cfg, args.targets, use_baseline=not args.update_baseline).report
     if args.update_baseline:
         return _update_baseline(cfg, report)
-    if args.signals or args.plot:
-        from .signals import with_measurements
-
-        report = with_measurements(report, cfg, args.targets, cfg.device)
     fail_level = cfg.fail_level
     stream = sys.stdout
     options = RenderOptions(color=_use_color(args.color, stream) and not args.output, verbose=args.verbose,

@@ -68,6 +68,7 @@ class Config:
     per_file_ignores: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (glob, selectors), in file order
     fail_level: Severity = Severity.WARNING
     probe: bool = False
+    signals: bool = False  # measure every op too (--signals, --plot): command line only
     device: str = "auto"  # auto: CUDA when present
     severity: Mapping[str, Severity] = field(default_factory=lambda: MappingProxyType({}))
     baseline: Path | None = None
@@ -91,6 +92,7 @@ class Config:
             "capture": t.capture or self.capture,
             "severity_overrides": dict(self.severity),
             "probe": self.probe,
+            "signals": self.signals,
             "device": self.device,
         }
 

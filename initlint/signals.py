@@ -1,8 +1,7 @@
 """Predicted against measured: the per-op comparison behind ``initlint TARGET --signals``.
 
-:func:`compare` pairs the engine's prediction (``graph.signals``) with a measurement pass for every op but
-the output; :func:`with_measurements` runs that pass for the targets of a report (the CLI's path, which
-lints through the project configuration first).
+:func:`compare` pairs the engine's prediction (``graph.signals``) with the measurement pass that
+``lint(..., signals=True)`` runs (the CLI's ``--signals``), for every op but the output.
 
 >>> import torch
 >>> from torch import nn
@@ -16,9 +15,8 @@ lints through the project configuration first).
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,27 +72,4 @@ def compare(graph: ModelGraph, measured: Mapping[str, Signal]) -> tuple[Row, ...
     return tuple(rows)
 
 
-def with_measurements(report, config, targets: Sequence[str], device: str):
-    """``report`` with each target's graph propagated against a measurement pass (``report.targets`` are in
-    the order of ``targets``, or of the configured targets when none are given). The targets are loaded and
-    captured again, so that the lint itself stays as the configuration made it."""
-    from .api import lint
-    from .project import _resolve
-
-    chosen = [config.target(text) for text in targets] or list(config.targets)
-    out = []
-    for tr, t in zip(report.targets, chosen):
-        if tr.error is not None:
-            out.append(tr)
-            continue
-        text = _resolve(t.target, config.root) if t.from_file else t.target
-        options = {**config.lint_options(t), "select": [], "signals": True, "device": device}
-        measured = lint(text, **options).targets[0]
-        if measured.error is not None:
-            out.append(dataclasses.replace(tr, error=measured.error, exception=measured.exception))
-        else:
-            out.append(dataclasses.replace(tr, graph=measured.graph, measured=measured.measured))
-    return dataclasses.replace(report, targets=tuple(out))
-
-
-__all__ = ["Pair", "Row", "compare", "with_measurements"]
+__all__ = ["Pair", "Row", "compare"]

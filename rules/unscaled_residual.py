@@ -209,7 +209,7 @@ def _chain_issue(graph: ModelGraph, chain: list[Residual]) -> Issue | None:
     params = _last_layer_params(graph, chain)
     code = ""
     if params:
-        code = (f"# SkipInit: the last layer of each branch starts at zero\n"
+        code = ("# SkipInit: the last layer of each branch starts at zero\n"
                 + _zero_init_code(params))
     code += (f"# or keep the init and scale each sum in forward, by 1/sqrt({times(per_add, 3)}):\n"
              f"x = (x + branch(x)) * {sig(scale, 3)}")
