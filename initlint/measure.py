@@ -130,7 +130,7 @@ def measure(graph: ModelGraph, program: Program, device: str = "auto", seed: int
     dev = resolve_device(device)
     model = program.model
     rec = Recorder(graph)
-    with preserved(model), torch.enable_grad(), _quiet():
+    with preserved(model), torch.enable_grad(), quiet():
         torch.manual_seed(seed)
         try:
             _run(graph, program, rec, dev, seed)
@@ -152,7 +152,7 @@ def _run(graph: ModelGraph, program: Program, rec: Recorder, dev: torch.device, 
     if program.capture is Capture.HOOKS:
         target = copy.deepcopy(model).to(dev) if moved else model
         target.train()
-        runner = functools.partial(_hooks_forward, target, graph, rec)
+        runner = functools.partial(hooks_forward, target, graph, rec)
     else:
         if program.capture is Capture.FX:
             model.train()
@@ -261,7 +261,7 @@ def _instrument(gm: torch.fx.GraphModule, graph: ModelGraph, slot: Slot, prefix:
     return torch.fx.GraphModule(gm, g, type(gm).__name__)
 
 
-def _hooks_forward(model: nn.Module, graph: ModelGraph, rec: Recorder, *args, **kwargs):
+def hooks_forward(model: nn.Module, graph: ModelGraph, rec: Recorder, *args, **kwargs):
     """The model run with forward hooks on the leaves, naming calls as the hooks capture did."""
     from .capture.hooks import _flat as capture_flat
     from .capture.normalize import is_known_leaf
@@ -333,7 +333,7 @@ def _flat(value: Any) -> list[torch.Tensor]:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     import warnings
 
     with warnings.catch_warnings():

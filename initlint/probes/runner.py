@@ -43,7 +43,7 @@ from torch.utils import _pytree as pytree
 from ..capture.program import Program
 from ..graph import ModelGraph
 from ..inputs import ExampleInputs
-from ..measure import LOSS_SEED, Recorder
+from ..measure import LOSS_SEED, Recorder, quiet
 from ..ops import Capture, OpKind
 from ..state import preserved
 from .records import Edit, Evidence, Needs, ScaleAfter, SetArgument, Tap
@@ -236,7 +236,7 @@ def run_pass(runnable: Runnable, needs: Needs | None, device: torch.device, seed
         return Evidence()
     grad = torch.no_grad() if autocast is not None else torch.enable_grad()
     cast = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
-    with preserved(runnable.model), grad, cast, _quiet():
+    with preserved(runnable.model), grad, cast, quiet():
         torch.manual_seed(seed)
         try:
             grads = _run(runnable, graph, rec, device, seed, needs.params if needs is not None else frozenset(),
@@ -248,7 +248,7 @@ def run_pass(runnable: Runnable, needs: Needs | None, device: torch.device, seed
 
 def _run(runnable: Runnable, graph: ModelGraph, rec: _Recorder, dev: torch.device, seed: int,
          params: frozenset[str], backward: bool = True) -> dict[str, float]:
-    from ..measure import _hooks_forward
+    from ..measure import hooks_forward
 
     model = runnable.model
     here = _device_of(model)
@@ -259,7 +259,7 @@ def _run(runnable: Runnable, graph: ModelGraph, rec: _Recorder, dev: torch.devic
     if runnable.module is None:
         target = copy.deepcopy(model).to(dev) if moved else model
         target.train()
-        runner = functools.partial(_hooks_forward, target, graph, rec)
+        runner = functools.partial(hooks_forward, target, graph, rec)
         named = dict(target.named_parameters())
     else:
         if runnable.capture is Capture.FX:
@@ -366,12 +366,6 @@ def _first_tensor(value: Any) -> torch.Tensor | None:
             if t is not None:
                 return t
     return None
-
-
-def _quiet():
-    from ..measure import _quiet as quiet
-
-    return quiet()
 
 
 __all__ = ["Runnable", "run_pass", "instrument", "capped", "keep", "keep_all", "MAX_BATCH",
