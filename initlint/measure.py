@@ -74,7 +74,7 @@ class Recorder:
         self.handles: list[Any] = []  # hooks on leaf tensors (inputs, parameters), removed at the end
 
     def probe(self, value: Any, idx: int) -> None:
-        t = _first_tensor(value)
+        t = first_tensor(value)
         if t is None or t.numel() == 0 or t.is_complex():
             return
         x = t.detach()
@@ -144,7 +144,7 @@ def measure(graph: ModelGraph, program: Program, device: str = "auto", seed: int
 
 def _run(graph: ModelGraph, program: Program, rec: Recorder, dev: torch.device, seed: int) -> None:
     model = program.model
-    here = _device_of(model)
+    here = device_of(model)
     moved = dev != here
     args, kwargs = program.call_args()
     args, kwargs = pytree.tree_map(functools.partial(_prepare, dev), (args, kwargs))
@@ -309,19 +309,19 @@ def hooks_forward(model: nn.Module, graph: ModelGraph, rec: Recorder, *args, **k
             h.remove()
 
 
-def _device_of(model: nn.Module) -> torch.device:
+def device_of(model: nn.Module) -> torch.device:
     for t in list(model.parameters()) + list(model.buffers()):
         if not t.is_meta:
             return t.device
     return torch.device("cpu")
 
 
-def _first_tensor(value: Any) -> torch.Tensor | None:
+def first_tensor(value: Any) -> torch.Tensor | None:
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, (list, tuple)):
         for v in value:
-            t = _first_tensor(v)
+            t = first_tensor(v)
             if t is not None:
                 return t
     return None

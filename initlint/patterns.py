@@ -414,6 +414,32 @@ def python_path(qualname: str) -> str:
     return _INDEX.sub(r"[\1]", qualname)
 
 
+# -- residual streams ---------------------------------------------------------------------------------------
+
+# What a residual stream passes through between adds without being transformed: reshapes, dropout, scales and
+# activations (a ResNet's ReLU after the add).
+STREAM = frozenset({OpKind.PASSTHROUGH, OpKind.DROPOUT, OpKind.SCALE, OpKind.ACTIVATION})
+
+
+def stream_root(graph: ModelGraph, op: Op) -> str:
+    """The op ``op`` carries forward: back through reshapes, dropout, scales and activations."""
+    while op.kind in STREAM:
+        signals = [n for n in op.inputs if graph.op(n).kind is not OpKind.PARAM]
+        if len(signals) != 1:
+            break
+        op = graph.op(signals[0])
+    return op.name
+
+
+def stream_end(graph: ModelGraph, op: Op) -> Op:
+    """Where the stream after a residual add has passed its trailing reshapes, scales and activation."""
+    while True:
+        nxt = graph.consumers(op)
+        if len(nxt) != 1 or nxt[0].kind not in STREAM:
+            return op
+        op = nxt[0]
+
+
 # -- grouped convs initialized as if groups were 1 (IL102 reports them; IL101 leaves them to it) --------------
 
 # The smallest factor IL102 reports: a variance off by less than 2x is within what the standard initializers
@@ -483,5 +509,5 @@ __all__ = [
     "CARRIERS", "WEIGHT_LAYERS", "PER_SAMPLE_NORMS", "SCALE_NORMS", "GAINS_SQUARED", "Block", "BlockGroup",
     "Residual", "branch_ops", "branch_prenormalized", "distribution", "is_norm", "next_stops", "norm_kind",
     "normalized_after", "normalized_soon", "projected_residual", "python_path", "relative", "repeated_blocks",
-    "residual", "sig", "times", "BlindInit", "groups_blind", "groups_blind_inits",
+    "residual", "sig", "times", "BlindInit", "groups_blind", "groups_blind_inits", "STREAM", "stream_end", "stream_root",
 ]

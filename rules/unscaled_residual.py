@@ -9,7 +9,7 @@ from initlint.graph import ModelGraph
 from initlint.ops import Op, OpKind
 from initlint.patterns import (
     SCALE_NORMS, WEIGHT_LAYERS, Residual, branch_ops, branch_prenormalized, normalized_soon, projected_residual,
-    residual, sig, times,
+    residual, sig, stream_end, stream_root, times,
 )
 from initlint.registry import rule
 
@@ -21,7 +21,6 @@ WARN_GROWTH = 4.0
 ERROR_GROWTH = 100.0
 # What the stream passes through between one residual add and the next skip: reshapes, dropout, scales (the
 # 1/sqrt(2) of a scaled sum, DeepNorm's alpha) and the ReLU after the add of a ResNet block without norms.
-_STREAM = frozenset({OpKind.PASSTHROUGH, OpKind.DROPOUT, OpKind.SCALE, OpKind.ACTIVATION})
 # A branch that does work: a residual block's branch has a learned layer or attention. `x + 0.044715 * x**3`
 # inside a tanh-GELU is an add of x and a function of x, not a block.
 _WORK = WEIGHT_LAYERS | {OpKind.ATTENTION, OpKind.MATMUL}
@@ -138,7 +137,7 @@ def _chains(graph: ModelGraph, blocks: dict[str, Residual]) -> list[list[str]]:
     """The residual adds grouped into chains along the stream, each in graph order."""
     after: dict[str, str] = {}
     for name, res in blocks.items():  # graph order: the first add that continues a stream takes it
-        root = _stream_root(graph, res.skip)
+        root = stream_root(graph, res.skip)
         if root in blocks and root not in after:
             after[root] = name
     starts = [name for name in blocks if name not in set(after.values())]
@@ -151,23 +150,6 @@ def _chains(graph: ModelGraph, blocks: dict[str, Residual]) -> list[list[str]]:
     return chains
 
 
-def _stream_root(graph: ModelGraph, op: Op) -> str:
-    """The op ``op`` carries forward: back through reshapes, dropout, scales and activations."""
-    while op.kind in _STREAM:
-        signals = [n for n in op.inputs if graph.op(n).kind is not OpKind.PARAM]
-        if len(signals) != 1:
-            break
-        op = graph.op(signals[0])
-    return op.name
-
-
-def _stream_end(graph: ModelGraph, op: Op) -> Op:
-    """Where the stream after a residual add has passed its trailing reshapes, scales and activation."""
-    while True:
-        nxt = graph.consumers(op)
-        if len(nxt) != 1 or nxt[0].kind not in _STREAM:
-            return op
-        op = nxt[0]
 
 
 def _second(graph: ModelGraph, op: Op) -> float:
@@ -177,7 +159,7 @@ def _second(graph: ModelGraph, op: Op) -> float:
 
 def _chain_issue(graph: ModelGraph, chain: list[Residual]) -> Issue | None:
     start = _second(graph, chain[0].skip)
-    end_op = _stream_end(graph, chain[-1].add)
+    end_op = stream_end(graph, chain[-1].add)
     end = _second(graph, end_op)
     if not (start > 0.0 and math.isfinite(end)):
         return None

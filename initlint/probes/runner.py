@@ -43,7 +43,7 @@ from torch.utils import _pytree as pytree
 from ..capture.program import Program
 from ..graph import ModelGraph
 from ..inputs import ExampleInputs
-from ..measure import LOSS_SEED, Recorder, quiet
+from ..measure import LOSS_SEED, Recorder, device_of, first_tensor, quiet
 from ..ops import Capture, OpKind
 from ..state import preserved
 from .records import Edit, Evidence, Needs, ScaleAfter, SetArgument, Tap
@@ -210,7 +210,7 @@ class _Recorder(Recorder):
         if idx in self.seen:
             return
         self.seen.add(idx)
-        t = _first_tensor(value)
+        t = first_tensor(value)
         if t is None:
             return
         for tap in self.fwd_taps.get(idx, ()):
@@ -251,7 +251,7 @@ def _run(runnable: Runnable, graph: ModelGraph, rec: _Recorder, dev: torch.devic
     from ..measure import hooks_forward
 
     model = runnable.model
-    here = _device_of(model)
+    here = device_of(model)
     moved = dev != here
     args, kwargs = runnable.call_args()
     args, kwargs = pytree.tree_map(functools.partial(_prepare, dev), (args, kwargs))
@@ -350,22 +350,6 @@ def _prepare(dev: torch.device, v: Any) -> Any:
     return v.clone().requires_grad_(True) if v.is_floating_point() else v
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
-        if not t.is_meta:
-            return t.device
-    return torch.device("cpu")
-
-
-def _first_tensor(value: Any) -> torch.Tensor | None:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, (list, tuple)):
-        for v in value:
-            t = _first_tensor(v)
-            if t is not None:
-                return t
-    return None
 
 
 __all__ = ["Runnable", "run_pass", "instrument", "capped", "keep", "keep_all", "MAX_BATCH",

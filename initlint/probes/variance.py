@@ -15,7 +15,9 @@ import math
 from ..findings import Finding
 from ..graph import ModelGraph
 from ..ops import Op, OpKind
-from ..patterns import branch_ops, nonlinearity_after, projected_residual, residual, signal_path
+from ..patterns import (
+    branch_ops, nonlinearity_after, projected_residual, residual, signal_path, stream_end, stream_root,
+)
 from . import repairs
 from .records import (
     Context, Edit, Measurement, Needs, ScaleAfter, Unrepairable, badness, finding_op, finite, judge, ratio,
@@ -40,7 +42,6 @@ DRIFT = 100.0
 # one (IL303's FIX_OFF).
 FIX_OFF = 1.5
 
-_STREAM = frozenset({OpKind.PASSTHROUGH, OpKind.DROPOUT, OpKind.SCALE, OpKind.ACTIVATION})
 _TRIVIAL = frozenset({OpKind.PASSTHROUGH, OpKind.DROPOUT, OpKind.SCALE})
 _COUNTED = frozenset({OpKind.LINEAR, OpKind.CONV, OpKind.ACTIVATION})
 _LAYERS = (OpKind.LINEAR, OpKind.CONV)
@@ -79,21 +80,6 @@ def off_scale_repair(model, finding: Finding, graph: ModelGraph) -> tuple[Edit, 
 # -- IL201 unscaled-residual -------------------------------------------------------------------------------
 
 
-def _stream_root(graph: ModelGraph, op: Op) -> str:
-    while op.kind in _STREAM:
-        signals = [n for n in op.inputs if graph.op(n).kind is not OpKind.PARAM]
-        if len(signals) != 1:
-            break
-        op = graph.op(signals[0])
-    return op.name
-
-
-def _stream_end(graph: ModelGraph, op: Op) -> Op:
-    while True:
-        nxt = graph.consumers(op)
-        if len(nxt) != 1 or nxt[0].kind not in _STREAM:
-            return op
-        op = nxt[0]
 
 
 def residual_chain(graph: ModelGraph, first: Op) -> list:
@@ -107,7 +93,7 @@ def residual_chain(graph: ModelGraph, first: Op) -> list:
         nxt = None
         for op in adds:
             res = residual(graph, op) or projected_residual(graph, op)
-            if res is not None and _stream_root(graph, res.skip) == chain[-1].add.name:
+            if res is not None and stream_root(graph, res.skip) == chain[-1].add.name:
                 nxt = res
                 break
         if nxt is None or nxt in chain:
@@ -117,12 +103,12 @@ def residual_chain(graph: ModelGraph, first: Op) -> list:
 
 def residual_needs(graph: ModelGraph, finding: Finding) -> Needs:
     chain = residual_chain(graph, finding_op(graph, finding))
-    return Needs.of(ops=[chain[0].skip.name, _stream_end(graph, chain[-1].add).name])
+    return Needs.of(ops=[chain[0].skip.name, stream_end(graph, chain[-1].add).name])
 
 
 def residual_measure(ctx: Context, finding: Finding) -> Measurement:
     chain = residual_chain(ctx.graph, finding_op(ctx.graph, finding))
-    start, end = chain[0].skip.name, _stream_end(ctx.graph, chain[-1].add).name
+    start, end = chain[0].skip.name, stream_end(ctx.graph, chain[-1].add).name
     growth = ratio(ctx.second(end), ctx.second(start))
     if growth is None:
         return ctx.missing("the residual stream")
