@@ -340,7 +340,7 @@ class DropPathBlock(nn.Module):
     def forward(self, x):
         branch = self.fc(self.norm(x))
         if self.training:
-            mask = (torch.rand(x.shape[0], 1, 1) < self.keep).to(x.dtype)
+            mask = (torch.rand(x.shape[0], 1, 1, device=x.device) < self.keep).to(x.dtype)
             branch = branch * mask / self.keep if self.inverted else branch * mask
         return x + branch
 
