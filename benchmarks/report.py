@@ -162,11 +162,10 @@ def table(scores: Sequence[RuleScore], probe: bool) -> str:
         if s.name is None:
             lines.append(f"{s.code:6s} {'(not installed)':29s}")
             continue
-        tps = s.tp if s.code == "all" else s.tp
         conf = _rate(s.confirmed, s.probed) if probe else "-"
         ver = _rate(s.verified, s.probed) if probe else "-"
-        if probe and s.probed < tps:
-            conf += f" ({tps - s.probed} unprobed)" if s.probed else " (unprobed)"
+        if probe and s.probed == 0 and s.tp:
+            conf = "unprobed"
         sec = f"{statistics.mean(s.seconds):.2f}" if s.seconds else "-"
         lines.append(f"{s.code:6s} {s.name[:29]:29s} {s.tp:3d} {s.fn:3d} {s.fp:3d} {_pct(s.precision):>9s} "
                      f"{_pct(s.recall):>7s} {conf:>15s} {ver:>12s} {sec:>8s}")

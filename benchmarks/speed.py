@@ -308,8 +308,10 @@ def main(argv=None) -> int:
     models = builders(args.models.split(","))
     print(f"{'model':34s} {'what':8s} {'ours ms':>10s} {'bare ms':>10s} {'ratio':>7s}")
     summary = []
-    for what, fn, on in (("lint", lint_ratio, models), ("measure", measure_ratio, models),
-                         ("probe", probe_ratio, probe_cases()), ("probe", probe_ratio, sized_defects())):
+    parts = (("lint", "lint", lint_ratio, models), ("measure", "measure", measure_ratio, models),
+             ("probe", "probe (benchmark cases)", probe_ratio, probe_cases()),
+             ("probe", "probe (working size)", probe_ratio, sized_defects()))
+    for what, label, fn, on in parts:
         if what in skip:
             continue
         rows = [r for r in (fn(n, b, args.repeat) for n, b in on.items()) if r is not None]
@@ -318,13 +320,10 @@ def main(argv=None) -> int:
         if rows:
             ratios = [r.ratio for r in rows]
             target = TARGETS.get(what)
-            what = f"{what} ({'working size' if on is not models and 'IL' not in next(iter(on)) else 'benchmark'})" \
-                if what == "probe" else what
-            summary.append(f"{what}: median {statistics.median(ratios):.2f}x, max {max(ratios):.2f}x "
-                           f"({max(rows, key=lambda r: r.ratio).name})"
-                           + (f", target <= {target}x" if target else ""))
+            summary.append(f"{label}: median {statistics.median(ratios):.2f}x, max {max(ratios):.2f}x "
+                           f"({max(rows, key=lambda r: r.ratio).name})" + (f", target <= {target}x" if target else ""))
         elif what == "probe":
-            summary.append("probe: the probe stage is not installed")
+            summary.append(f"{label}: the probe stage is not installed")
     if "startup" not in skip:
         for r in startup(args.startup_repeat):
             print(_line(r), flush=True)

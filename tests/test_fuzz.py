@@ -13,6 +13,7 @@ import functools
 import pytest
 
 from benchmarks import baseline, fuzz
+from benchmarks.generated import Spec
 
 EXAMPLES = 100
 
@@ -38,7 +39,7 @@ def test_prediction_misses_are_not_more_frequent_than_recorded():
 
 
 def test_the_checks_can_fail(monkeypatch):
-    spec = fuzz.Spec("seq", 16, (("linear", ("kaiming_normal", 1.0), "relu", True),
+    spec = Spec("seq", 16, (("linear", ("kaiming_normal", 1.0), "relu", True),
                                  ("norm", "batch"), ("dropout", 0.5, "module")))
     clean = fuzz.check(spec)
     assert clean.problems == () and clean.compared >= 4
@@ -71,6 +72,6 @@ def test_every_block_kind_builds_and_runs(family):
            ("residual", "depthwise", ("kaiming_normal", 1.0), ("default", 0.5), "silu", 0.5 ** 0.5),
            ("parallel", 2, ("default", 1.0), "relu", False, "plus"), ("concat", ("default", 1.0), ("default", 1.0), "relu6"),
            ("dropout", 0.5, "dropout2d"), ("norm", "batch2d")]
-    spec = fuzz.Spec(family, 16, tuple(seq if family == "seq" else img))
+    spec = Spec(family, 16, tuple(seq if family == "seq" else img))
     result = fuzz.check(spec)
     assert result.error is None and [p for p in result.problems if p.kind in fuzz.HARD] == []
