@@ -100,7 +100,8 @@ def signal_drift(graph: ModelGraph) -> Issue | None:
     worst: _Drift | None = None
     for end, last in _ends(graph):
         drift = _drift(graph, end, last)
-        if drift is None or drift.worst < math.log(FACTOR) or drift.compounding() < math.log(FACTOR):
+        if drift is None or not drift.layers or drift.worst < math.log(FACTOR) \
+                or drift.compounding() < math.log(FACTOR):
             continue
         if worst is None or drift.worst > worst.worst:
             worst = drift

@@ -122,3 +122,17 @@ def test_near_misses_three_default_layers_and_one_bad_layer():
     model, x = mlp(hidden=4, init=kaiming)
     nn.init.normal_(model[2].weight, std=1e-5)  # one layer 1e-7 off: IL101's finding, not a drift
     assert findings(model, x) == []
+
+
+def test_zero_weight_layers_are_no_crash():
+    """Found by the fuzzer: zero-initialized layers leave a stretch with no weight layer to name."""
+    import torch
+    from torch import nn
+
+    from initlint import lint
+
+    model = nn.Sequential(nn.Linear(16, 16), nn.Tanhshrink(), nn.Linear(16, 16), nn.Tanhshrink(), nn.Linear(16, 4))
+    nn.init.zeros_(model[0].weight)
+    nn.init.zeros_(model[2].weight)
+    target = lint(model, torch.randn(8, 16), select=["IL303"]).targets[0]
+    assert target.error is None, target.error
