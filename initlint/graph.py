@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 
 import networkx as nx
@@ -101,6 +102,41 @@ class ModelGraph:
 
     def descendants(self, op: Op) -> set[str]:
         return nx.descendants(self.dag, op.name)
+
+    @cached_property
+    def memo(self) -> dict:
+        """Scratch space for pure functions of this graph (pattern helpers cache their answers here); a
+        graph with new signals starts with an empty one."""
+        return {}
+
+    @cached_property
+    def _position(self) -> Mapping[str, int]:
+        return MappingProxyType({name: i for i, name in enumerate(self.ops)})
+
+    def position(self, op: Op | str) -> int:
+        """The op's index in topological order."""
+        return self._position[op if isinstance(op, str) else op.name]
+
+    def ancestors_from(self, op: Op, floor: int) -> set[str]:
+        """The ancestors of ``op`` at positions ``>= floor``: exactly the ops on paths from any op at ``floor`` or
+        later to ``op``, found without walking the whole graph (a residual block's region, not the model)."""
+        pos, seen, stack = self._position, set(), [op.name]
+        while stack:
+            for src in self.ops[stack.pop()].inputs:
+                if src not in seen and pos[src] >= floor:
+                    seen.add(src)
+                    stack.append(src)
+        return seen
+
+    def descendants_until(self, op: Op, ceiling: int) -> set[str]:
+        """The descendants of ``op`` at positions ``<= ceiling``."""
+        pos, seen, stack = self._position, set(), [op.name]
+        while stack:
+            for dst in self.dag.successors(stack.pop()):
+                if dst not in seen and pos[dst] <= ceiling:
+                    seen.add(dst)
+                    stack.append(dst)
+        return seen
 
     @property
     def unknown(self) -> tuple[str, ...]:

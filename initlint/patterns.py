@@ -110,11 +110,20 @@ def next_stops(graph: ModelGraph, op: Op, through: Iterable[OpKind] = CARRIERS) 
     A hand-written norm's statistic (``pow``, ``mean``, ``rsqrt``) is of carrier kinds, so from a tensor feeding a
     hand-written RMSNorm both of its paths stop at the normalizing product.
     """
+    # A walk of the carrier region only: networkx's descendants on a filtered view measures the view's length,
+    # which filters every node of the graph, and made linting quadratic in depth (benchmarks/scale.py).
     kinds = frozenset(through)
-    view = nx.subgraph_view(graph.dag, filter_node=lambda n: n == op.name or graph.ops[n].kind in kinds)
-    reach = {op.name} | nx.descendants(view, op.name)
-    stops = {s for n in reach for s in graph.dag.successors(n) if s not in reach}
-    return tuple(o for o in graph if o.name in stops)
+    reach, stack, stops = {op.name}, [op.name], set()
+    while stack:
+        for nxt in graph.dag.successors(stack.pop()):
+            if nxt in reach:
+                continue
+            if graph.ops[nxt].kind in kinds:
+                reach.add(nxt)
+                stack.append(nxt)
+            else:
+                stops.add(nxt)
+    return tuple(graph.op(n) for n in sorted(stops - reach, key=graph.position))
 
 
 def normalized_after(graph: ModelGraph, op: Op, kinds: Iterable[NormKind] = SCALE_NORMS) -> tuple[Op, ...]:
@@ -175,12 +184,19 @@ def residual(graph: ModelGraph, op: Op) -> Residual | None:
     """``op`` as a residual add, or ``None`` (a sum of unrelated tensors, of parallel branches, a bias)."""
     if op.kind is not OpKind.ADD or len(op.inputs) != 2 or op.inputs[0] == op.inputs[1]:
         return None
+    key = ("residual", op.name)
+    if key not in graph.memo:  # rules ask about the same adds again and again along signal paths
+        graph.memo[key] = _residual(graph, op)
+    return graph.memo[key]
+
+
+def _residual(graph: ModelGraph, op: Op) -> Residual | None:
     a, b = op.inputs
     for skip, branch in ((a, b), (b, a)):
         if graph.op(skip).kind is OpKind.PARAM:
             continue
-        upstream = graph.ancestors(graph.op(branch))
         skip_names = _aliases(graph, skip)
+        upstream = graph.ancestors_from(graph.op(branch), min(graph.position(n) for n in skip_names))
         if skip_names & upstream and not _aliases(graph, branch) & skip_names:
             return Residual(op, graph.op(skip), graph.op(branch))
     return None
@@ -189,10 +205,10 @@ def residual(graph: ModelGraph, op: Op) -> Residual | None:
 def branch_ops(graph: ModelGraph, res: Residual) -> frozenset[str]:
     """The ops of the branch: on a path from the skip's source to the branch operand (that operand included)."""
     sources = _aliases(graph, res.skip.name)
-    up = graph.ancestors(res.branch) | {res.branch.name}
+    up = graph.ancestors_from(res.branch, min(graph.position(n) for n in sources)) | {res.branch.name}
     down: set[str] = set()
     for s in sources:
-        down |= graph.descendants(graph.op(s))
+        down |= graph.descendants_until(graph.op(s), graph.position(res.branch))
     return frozenset((up & down) - sources)
 
 
@@ -237,7 +253,7 @@ def projected_residual(graph: ModelGraph, op: Op) -> Residual | None:
         source = _projection_input(graph, proj)
         if source is None or _projection_input(graph, branch) == source or graph.op(branch).kind is OpKind.ADD:
             continue
-        upstream = graph.ancestors(graph.op(branch))
+        upstream = graph.ancestors_from(graph.op(branch), graph.position(source))
         if source in upstream and proj not in upstream:
             return Residual(op, graph.op(source), graph.op(branch))
     return None
