@@ -110,6 +110,10 @@ def _use_color(choice: str, stream) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    import warnings
+
+    # torch warns on import when numpy is absent (it does not need it, nor does initlint): not the user's concern
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     try:
         if argv and argv[0] in ("rule", "rules"):
             return _rules_command(argv)
