@@ -66,6 +66,10 @@ def lint_one(target: nn.Module | str, example_inputs: Any, rules: Sequence[Rule]
                 measured = measure(graph, program, opts.device)
         else:
             graph = capture(loaded, opts.capture)
+        skipped: tuple[str, ...] = ()
+        if not graph.has_weight_values:  # a model on `meta`: only the structural rules can speak
+            skipped = tuple(r.code for r in rules if r.needs_weights)
+            rules = [r for r in rules if not r.needs_weights]
         if measured is not None or any(r.needs_signals for r in rules):
             from .propagate import propagate
 
@@ -87,7 +91,7 @@ def lint_one(target: nn.Module | str, example_inputs: Any, rules: Sequence[Rule]
         error = _bug(f"rule {first.code} raised {first.error}" + (f" at op `{first.op}`" if first.op else ""))
     return TargetReport(
         label, loaded.name, graph.capture.value, len(graph), graph.unknown, graph.notes, tuple(findings),
-        error, graph, measured=measured,
+        error, graph, measured=measured, skipped=skipped,
     )
 
 

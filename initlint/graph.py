@@ -139,6 +139,11 @@ class ModelGraph:
         return seen
 
     @property
+    def has_weight_values(self) -> bool:
+        """False when some layer's weights have no values (a model on the ``meta`` device)."""
+        return all(op.weight.tensor is not None for op in self.ops.values() if op.weight is not None)
+
+    @property
     def unknown(self) -> tuple[str, ...]:
         """Targets of the ops with no known semantics, each once, in order of appearance."""
         return tuple(dict.fromkeys(op.target for op in self.ops.values() if op.kind is OpKind.UNKNOWN))

@@ -43,6 +43,7 @@ class Rule:
     needs_signals: bool = False  # uses the variance engine's predictions
     doc: str = field(default="", repr=False)
     probe: object = field(default=None, repr=False, compare=False)  # an initlint.probes.Probe (third-party rules)
+    needs_weights: bool = True  # reads weight values (False: works from the structure alone, on `meta` too)
 
     def __call__(self, *args):
         return self.check(*args)
@@ -73,6 +74,7 @@ def rule(
     severity: Severity = Severity.WARNING,
     needs_signals: bool = False,
     probe: object = None,
+    needs_weights: bool = True,
 ) -> Callable[[Callable], Rule]:
     """Declare a rule. The decorated function's docstring is its user documentation. ``probe``: an
     :class:`initlint.probes.Probe` confirming its findings under ``--probe`` (built-in rules' are in
@@ -85,7 +87,7 @@ def rule(
     def wrap(fn: Callable) -> Rule:
         kinds = frozenset(applies_to) if applies_to is not None else None
         doc = textwrap.dedent(fn.__doc__ or "").strip()
-        return Rule(code, name, fn, kinds, severity, needs_signals, doc, probe)
+        return Rule(code, name, fn, kinds, severity, needs_signals, doc, probe, needs_weights)
 
     return wrap
 

@@ -33,6 +33,7 @@ class TargetReport:
     graph: ModelGraph | None = field(default=None, repr=False, compare=False)
     exception: BaseException | None = field(default=None, repr=False, compare=False)  # for --verbose
     measured: Mapping[str, Signal] | None = field(default=None, repr=False, compare=False)  # --signals
+    skipped: tuple[str, ...] = ()  # rules not run: they read weight values, and the model has none (meta)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -41,6 +42,7 @@ class TargetReport:
             "capture": self.capture,
             "coverage": {"ops": self.ops, "unknown": list(self.unknown)},
             "notes": list(self.notes),
+            "skipped": list(self.skipped),
             "error": None if self.error is None else
             {"kind": self.error.kind.value, "message": self.error.message, "help": self.error.help},
             "findings": [finding_dict(f) for f in self.findings],

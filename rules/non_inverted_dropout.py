@@ -22,7 +22,8 @@ class _Mask:
     data: str  # the operand being masked
 
 
-@rule("IL206", "non-inverted-dropout", applies_to={OpKind.MUL}, severity=Severity.WARNING)
+@rule("IL206", "non-inverted-dropout", applies_to={OpKind.MUL}, severity=Severity.WARNING,
+      needs_weights=False)
 def non_inverted_dropout(op: Op, graph: ModelGraph) -> Issue | None:
     """
     ## What it does

@@ -23,7 +23,7 @@ _ATTENTION = frozenset({OpKind.ATTENTION, OpKind.SOFTMAX})
 _BLOCK = re.compile(r"^(.*?\.\d+)(\.|$)")
 
 
-@rule("IL204", "post-ln", severity=Severity.WARNING)
+@rule("IL204", "post-ln", severity=Severity.WARNING, needs_weights=False)
 def post_ln(graph: ModelGraph) -> Issue | None:
     """
     ## What it does

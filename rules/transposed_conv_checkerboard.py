@@ -14,7 +14,8 @@ from initlint.patterns import sig
 from initlint.registry import rule
 
 
-@rule("IL103", "transposed-conv-checkerboard", applies_to={OpKind.CONV}, severity=Severity.WARNING)
+@rule("IL103", "transposed-conv-checkerboard", applies_to={OpKind.CONV}, severity=Severity.WARNING,
+      needs_weights=False)
 def transposed_conv_checkerboard(op: Op, graph: ModelGraph) -> Issue | None:
     """
     ## What it does

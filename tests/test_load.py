@@ -169,3 +169,18 @@ def test_a_model_on_the_meta_device_is_linted_structurally():
     linear = t.graph.of_kind(OpKind.LINEAR)[0]
     assert linear.shape == (2, 16, 16384) and linear.weight.fan_in == 4096
     assert linear.weight.std != linear.weight.std  # NaN: no values on meta
+
+
+def test_on_the_meta_device_only_structural_rules_run_and_the_rest_are_listed():
+    from initlint import lint
+    from initlint.rules import BUILTIN_RULES
+
+    with torch.device("meta"):
+        layer = nn.TransformerEncoderLayer(64, 4, 128, batch_first=True, norm_first=False)
+        model = nn.TransformerEncoder(layer, 6, enable_nested_tensor=False)
+    t = lint(model).targets[0]
+    structural = {"IL103", "IL204", "IL206"}  # no rule reading weight values can speak without them
+    assert t.error is None
+    assert set(t.skipped) == {r.code for r in BUILTIN_RULES} - structural
+    assert [f.code for f in t.findings] == ["IL204"]  # Post-LN is structure: still found
+    assert t.to_dict()["skipped"] == list(t.skipped)

@@ -73,6 +73,10 @@ def render(report: Report, options) -> str:
         for f in t.findings:
             out.extend(finding_lines(f, t, style, options.show_fixes))
             out.append("")
+    for t in report.targets:
+        if t.skipped:
+            out.append(f"note: {t.target}: `{t.model}` has no weight values (meta device): {len(t.skipped)} rules "
+                       f"that read weights were skipped ({', '.join(t.skipped)})")
     if options.verbose:
         for t in report.targets:
             if t.capture:
