@@ -435,6 +435,8 @@ def python_path(qualname: str) -> str:
 # What a residual stream passes through between adds without being transformed: reshapes, dropout, scales and
 # activations (a ResNet's ReLU after the add).
 STREAM = frozenset({OpKind.PASSTHROUGH, OpKind.DROPOUT, OpKind.SCALE, OpKind.ACTIVATION})
+# What leaves a tensor's scale-relevant content alone apart from a scale: reshapes, dropout, scales.
+TRIVIAL = frozenset({OpKind.PASSTHROUGH, OpKind.DROPOUT, OpKind.SCALE})
 
 
 def stream_root(graph: ModelGraph, op: Op) -> str:
@@ -447,11 +449,12 @@ def stream_root(graph: ModelGraph, op: Op) -> str:
     return op.name
 
 
-def stream_end(graph: ModelGraph, op: Op) -> Op:
-    """Where the stream after a residual add has passed its trailing reshapes, scales and activation."""
+def stream_end(graph: ModelGraph, op: Op, through: frozenset[OpKind] = STREAM) -> Op:
+    """Where ``op``'s output has passed the ops of kinds ``through`` it goes through alone: for a residual add,
+    its trailing reshapes, scales and activation; for a sum with ``through=TRIVIAL``, ``(a + b) / math.sqrt(2)``."""
     while True:
         nxt = graph.consumers(op)
-        if len(nxt) != 1 or nxt[0].kind not in STREAM:
+        if len(nxt) != 1 or nxt[0].kind not in through:
             return op
         op = nxt[0]
 
@@ -525,5 +528,5 @@ __all__ = [
     "CARRIERS", "WEIGHT_LAYERS", "PER_SAMPLE_NORMS", "SCALE_NORMS", "GAINS_SQUARED", "Block", "BlockGroup",
     "Residual", "branch_ops", "branch_prenormalized", "distribution", "is_norm", "next_stops", "norm_kind",
     "normalized_after", "normalized_soon", "projected_residual", "python_path", "relative", "repeated_blocks",
-    "residual", "sig", "times", "BlindInit", "groups_blind", "groups_blind_inits", "STREAM", "stream_end", "stream_root",
+    "residual", "sig", "times", "BlindInit", "groups_blind", "groups_blind_inits", "STREAM", "TRIVIAL", "stream_end", "stream_root",
 ]

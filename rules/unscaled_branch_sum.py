@@ -9,7 +9,7 @@ from initlint.graph import ModelGraph
 from initlint.ops import Op, OpKind, Reduction
 from initlint.patterns import (
     SCALE_NORMS, WEIGHT_LAYERS, Residual, branch_prenormalized, normalized_soon, projected_residual, residual, sig,
-    times,
+    stream_end, times, TRIVIAL,
 )
 from initlint.registry import rule
 
@@ -19,7 +19,6 @@ from initlint.registry import rule
 MIN_FACTOR = 1.5
 # An error from a variance x100 (std x10) at one sum, as for the residual stream.
 ERROR_GAIN = 100.0
-_TRIVIAL = frozenset({OpKind.PASSTHROUGH, OpKind.DROPOUT, OpKind.SCALE})
 _WORK = WEIGHT_LAYERS | {OpKind.ATTENTION, OpKind.MATMUL}
 _SOURCES = frozenset({OpKind.PARAM, OpKind.FACTORY, OpKind.RANDOM})
 
@@ -119,7 +118,7 @@ def unscaled_branch_sum(op: Op, graph: ModelGraph) -> Issue | None:
     if all(branch_prenormalized(graph, Residual(op, fork, b), SCALE_NORMS) for b in branches):
         return None
 
-    out = _forward_trivial(graph, op)
+    out = stream_end(graph, op, TRIVIAL)
     s_in, s_out = _second(graph, fork), _second(graph, out)
     seconds = [_second(graph, b) for b in branches]
     if not (s_in > 0.0 and s_out > 0.0 and all(s >= 0.0 for s in seconds)) or not sum(seconds) > 0.0:
@@ -217,21 +216,13 @@ def _stacked_sum(graph: ModelGraph, op: Op) -> list[Op] | None:
 
 def _strip(graph: ModelGraph, op: Op) -> Op:
     """A branch without its trailing reshapes, dropout and scales: what it computes before any scaling."""
-    while op.kind in _TRIVIAL:
+    while op.kind in TRIVIAL:
         signals = [n for n in op.inputs if graph.op(n).kind not in _SOURCES]
         if len(signals) != 1:
             break
         op = graph.op(signals[0])
     return op
 
-
-def _forward_trivial(graph: ModelGraph, op: Op) -> Op:
-    """The sum after the reshapes, dropout and scales it goes through alone (``(a + b) / math.sqrt(2)``)."""
-    while True:
-        nxt = graph.consumers(op)
-        if len(nxt) != 1 or nxt[0].kind not in _TRIVIAL:
-            return op
-        op = nxt[0]
 
 
 def _fork(graph: ModelGraph, branches: list[Op]) -> Op | None:

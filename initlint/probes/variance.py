@@ -16,7 +16,7 @@ from ..findings import Finding
 from ..graph import ModelGraph
 from ..ops import Op, OpKind
 from ..patterns import (
-    branch_ops, nonlinearity_after, projected_residual, residual, signal_path, stream_end, stream_root,
+    branch_ops, nonlinearity_after, projected_residual, residual, signal_path, stream_end, stream_root, TRIVIAL,
 )
 from . import repairs
 from .records import (
@@ -42,7 +42,6 @@ DRIFT = 100.0
 # one (IL303's FIX_OFF).
 FIX_OFF = 1.5
 
-_TRIVIAL = frozenset({OpKind.PASSTHROUGH, OpKind.DROPOUT, OpKind.SCALE})
 _COUNTED = frozenset({OpKind.LINEAR, OpKind.CONV, OpKind.ACTIVATION})
 _LAYERS = (OpKind.LINEAR, OpKind.CONV)
 
@@ -158,17 +157,10 @@ def _leaves(graph: ModelGraph, op: Op) -> list[Op]:
 
 
 def _strip(graph: ModelGraph, op: Op) -> Op:
-    while op.kind in _TRIVIAL and len([n for n in op.inputs if graph.op(n).kind is not OpKind.PARAM]) == 1:
+    while op.kind in TRIVIAL and len([n for n in op.inputs if graph.op(n).kind is not OpKind.PARAM]) == 1:
         op = graph.op(next(n for n in op.inputs if graph.op(n).kind is not OpKind.PARAM))
     return op
 
-
-def _forward_trivial(graph: ModelGraph, op: Op) -> Op:
-    while True:
-        users = graph.consumers(op)
-        if len(users) != 1 or users[0].kind not in _TRIVIAL:
-            return op
-        op = users[0]
 
 
 def branch_sum(graph: ModelGraph, op: Op) -> tuple[Op, list[Op], Op]:
@@ -181,7 +173,7 @@ def branch_sum(graph: ModelGraph, op: Op) -> tuple[Op, list[Op], Op]:
     if not common:
         raise Unrepairable(f"the branches summed at `{op.name}` share no input")
     fork = graph.op(max(common, key=order.__getitem__))
-    return fork, branches, _forward_trivial(graph, op)
+    return fork, branches, stream_end(graph, op, TRIVIAL)
 
 
 def branch_sum_needs(graph: ModelGraph, finding: Finding) -> Needs:
