@@ -147,7 +147,7 @@ def _run(graph: ModelGraph, program: Program, rec: Recorder, dev: torch.device, 
     here = device_of(model)
     moved = dev != here
     args, kwargs = program.call_args()
-    args, kwargs = pytree.tree_map(functools.partial(_prepare, dev), (args, kwargs))
+    args, kwargs = pytree.tree_map(functools.partial(prepare_input, dev), (args, kwargs))
     inputs = _inputs(graph, program, args, kwargs)
     if program.capture is Capture.HOOKS:
         target = copy.deepcopy(model).to(dev) if moved else model
@@ -166,28 +166,40 @@ def _run(graph: ModelGraph, program: Program, rec: Recorder, dev: torch.device, 
         rec.probe(t, rec.index[name])
     out = runner(*args, **kwargs)
     outs = [t for t in _flat(out) if t.is_floating_point() and t.requires_grad]
-    leaves = [t for t in inputs.values() if t.requires_grad]
-    seen = {id(t) for t in leaves}
-    for p in target.parameters():
-        if p.requires_grad and id(p) not in seen:
-            leaves.append(p)
-            seen.add(id(p))
+    leaves = gradient_leaves(inputs.values(), target)
     if not outs or not leaves:
         return
-    gen = torch.Generator().manual_seed(LOSS_SEED + seed)  # not 0: r must not replay a seed-0 input draw
-    loss = sum((o * _targets(o.shape, gen).to(o.device, o.dtype)).sum() for o in outs)
+    loss = surrogate_loss(outs, seed)
     del out, outs
     torch.autograd.grad(loss, leaves, allow_unused=True)
 
 
-def _targets(shape, gen: torch.Generator) -> torch.Tensor:
+def gradient_leaves(inputs, model: nn.Module) -> list[torch.Tensor]:
+    """What the loss is differentiated by: the inputs that require grad and the trainable parameters, each
+    once (through ``torch.autograd.grad`` only, so no ``.grad`` is ever written)."""
+    leaves = [t for t in inputs if t.requires_grad]
+    seen = {id(t) for t in leaves}
+    for p in model.parameters():
+        if p.requires_grad and id(p) not in seen:
+            leaves.append(p)
+            seen.add(id(p))
+    return leaves
+
+
+def surrogate_loss(outs, seed: int) -> torch.Tensor:
+    """The loss convention ``sum_i <y_i, r_i>`` over the float outputs, ``r`` from :func:`loss_targets`."""
+    gen = torch.Generator().manual_seed(LOSS_SEED + seed)  # not 0: r must not replay a seed-0 input draw
+    return sum((o * loss_targets(o.shape, gen).to(o.device, o.dtype)).sum() for o in outs)
+
+
+def loss_targets(shape, gen: torch.Generator) -> torch.Tensor:
     """``r ~ N(0, 1)`` scaled to a mean square of exactly 1: a small output (a batch of two, ten classes)
     would otherwise scale every measured gradient by its draw's chance second moment."""
     r = torch.randn(shape, generator=gen, dtype=torch.float32)
     return r / r.square().mean().sqrt().clamp(min=1e-12)
 
 
-def _prepare(dev: torch.device, v: Any) -> Any:
+def prepare_input(dev: torch.device, v: Any) -> Any:
     """Inputs on the device; float ones as fresh leaves requiring grad, so gradients reach the input."""
     if not isinstance(v, torch.Tensor):
         return v

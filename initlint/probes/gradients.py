@@ -22,12 +22,11 @@ from torch import nn
 
 from ..findings import Finding, ProbeStatus
 from ..graph import ModelGraph
-from ..measure import LOSS_SEED
 from ..ops import OpKind, RecurrentMode, RecurrentParams
 from ..state import preserved
 from . import repairs
 from .records import Context, Edit, Measurement, Needs, Unrepairable, badness, judge
-from .runner import loss_targets
+from ..measure import surrogate_loss
 
 # IL204: the last layer's gradient as arranged (Post-LN) 10% or more above the same blocks arranged Pre-LN.
 # Measured with nn.TransformerEncoderLayer at init (IL204's docs): 1.02, 1.08, 1.22 at depths 2, 4, 8 with
@@ -87,8 +86,7 @@ def last_layer_gradient(model: nn.Module, param: str, ctx: Context) -> float:
         out = model(*args, **kwargs)
         outs = [t for t in (out if isinstance(out, (tuple, list)) else [out])
                 if isinstance(t, torch.Tensor) and t.is_floating_point()]
-        gen = torch.Generator().manual_seed(LOSS_SEED + ctx.seed)
-        loss = sum((o * loss_targets(o.shape, gen).to(o.device, o.dtype)).sum() for o in outs)
+        loss = surrogate_loss(outs, ctx.seed)
         (g,) = torch.autograd.grad(loss, [p], allow_unused=True)
     return float(g.detach().double().norm()) if g is not None else math.nan
 

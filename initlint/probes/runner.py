@@ -43,7 +43,10 @@ from torch.utils import _pytree as pytree
 from ..capture.program import Program
 from ..graph import ModelGraph
 from ..inputs import ExampleInputs
-from ..measure import LOSS_SEED, Recorder, device_of, first_tensor, quiet
+from ..measure import (
+    Recorder, device_of, first_tensor, gradient_leaves, prepare_input, quiet,
+    surrogate_loss,
+)
 from ..ops import Capture, OpKind
 from ..state import preserved
 from .records import Edit, Evidence, Needs, ScaleAfter, SetArgument, Tap
@@ -254,7 +257,7 @@ def _run(runnable: Runnable, graph: ModelGraph, rec: _Recorder, dev: torch.devic
     here = device_of(model)
     moved = dev != here
     args, kwargs = runnable.call_args()
-    args, kwargs = pytree.tree_map(functools.partial(_prepare, dev), (args, kwargs))
+    args, kwargs = pytree.tree_map(functools.partial(prepare_input, dev), (args, kwargs))
     inputs = _match_inputs(graph, args, kwargs)
     if runnable.module is None:
         target = copy.deepcopy(model).to(dev) if moved else model
@@ -278,16 +281,10 @@ def _run(runnable: Runnable, graph: ModelGraph, rec: _Recorder, dev: torch.devic
         return {}
     outs = [t for t in pytree.tree_leaves(out.to_tuple() if hasattr(out, "to_tuple") else out)
             if isinstance(t, torch.Tensor) and t.is_floating_point() and t.requires_grad]
-    leaves = [t for t in inputs.values() if t.requires_grad]
-    seen = {id(t) for t in leaves}
-    for p in target.parameters():
-        if p.requires_grad and id(p) not in seen:
-            leaves.append(p)
-            seen.add(id(p))
+    leaves = gradient_leaves(inputs.values(), target)
     if not outs or not leaves:
         return {}
-    gen = torch.Generator().manual_seed(LOSS_SEED + seed)
-    loss = sum((o * loss_targets(o.shape, gen).to(o.device, o.dtype)).sum() for o in outs)
+    loss = surrogate_loss(outs, seed)
     del out, outs
     grads = torch.autograd.grad(loss, leaves, allow_unused=True)
     index = {id(t): g for t, g in zip(leaves, grads)}
@@ -325,11 +322,6 @@ def instrument(gm: torch.fx.GraphModule, graph: ModelGraph, rec: _Recorder, pref
     return torch.fx.GraphModule(gm, g, type(gm).__name__)
 
 
-def loss_targets(shape, gen: torch.Generator) -> torch.Tensor:
-    """The loss's ``r ~ N(0, 1)``, scaled to a mean square of exactly 1 as the measurement pass does."""
-    r = torch.randn(shape, generator=gen, dtype=torch.float32)
-    return r / r.square().mean().sqrt().clamp(min=1e-12)
-
 
 def _match_inputs(graph: ModelGraph, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
     """Input tensors matched to INPUT ops in order, by dtype and rank (the caps may have cut their sizes)."""
@@ -342,12 +334,6 @@ def _match_inputs(graph: ModelGraph, args: tuple, kwargs: dict) -> dict[str, tor
                 break
     return found
 
-
-def _prepare(dev: torch.device, v: Any) -> Any:
-    if not isinstance(v, torch.Tensor):
-        return v
-    v = v.detach().to(dev)
-    return v.clone().requires_grad_(True) if v.is_floating_point() else v
 
 
 
