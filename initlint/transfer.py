@@ -278,6 +278,18 @@ def _over_units(op: Op, x: Est) -> bool:
     return not dims or not x.rank or x.unit_dim in {d % x.rank for d in dims}
 
 
+def _over_stack(op: Op, ctx: Ctx) -> bool:
+    """Whether ``op`` reduces exactly over the new dimension of a ``torch.stack`` of distinct tensors: the
+    offsets they share along the other dimensions (a channel's mean over the batch) are theirs alone, not
+    common to the reduced values as they are along a tensor's own dimensions."""
+    src = ctx.graph.op(op.inputs[0])
+    p = src.params
+    if src.kind is not OpKind.CONCAT or p is None or not p.stack or not src.shape or not op.params.dims:
+        return False
+    rank = len(src.shape)
+    return {d % rank for d in op.params.dims} == {p.dim % rank} and len(set(src.inputs)) == len(src.inputs)
+
+
 def _reduce(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
     x, kind = ins[0], op.params.kind
     n = op.params.count or (x.numel // op.numel if x.numel and op.numel else None)
@@ -286,6 +298,9 @@ def _reduce(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
     nonneg = bool((x.values >= 0).all())
     u = 0.0 if _over_units(op, x) else min(x.unit, x.variance)
     var = u + (x.variance - u) / n  # of the mean
+    if _over_stack(op, ctx):  # `torch.stack(branches).sum(0)`: each branch has its own per-unit offsets
+        u = min(x.unit, x.variance) / n
+        var = x.variance / n
     if kind in (Reduction.MEAN, Reduction.SUM):
         c = 1.0 if kind is Reduction.MEAN else float(n)
         rule = (gamma if nonneg else gaussian)(c * x.mean, c * c * var)

@@ -34,7 +34,8 @@ def unscaled_residual(graph: ModelGraph) -> list[Issue]:
     no normalization in the branches or between the adds, so that the residual stream grows geometrically.
 
     A residual add is `x + f(x)`, or `proj(x) + f(x)` with a one-layer projection shortcut as in ResNet's
-    downsampling blocks, where `f` contains a weight layer or attention. Adds follow each other in a chain when
+    downsampling blocks, where `f` contains a weight layer or attention. A parallel block (GPT-J, PaLM),
+    `x + attn(x) + mlp(x)`, is two adds of branches of the same `x`: both count. Adds follow each other in a chain when
     the stream goes from one to the next through reshapes, dropout, scales or an activation. The rule reads the
     variance engine's predictions: the stream's second moment where the chain starts and where it ends.
 
@@ -118,29 +119,72 @@ def unscaled_residual(graph: ModelGraph) -> list[Issue]:
     - Bachlechner et al. 2021, "ReZero is All You Need"; Touvron et al. 2021, "Going deeper with Image
       Transformers" (LayerScale)
     """
-    blocks: dict[str, Residual] = {}
-    for op in graph.of_kind(OpKind.ADD):
-        res = residual(graph, op) or projected_residual(graph, op)
-        if res is None or branch_prenormalized(graph, res, SCALE_NORMS):
-            continue
-        if any(graph.op(n).kind in _WORK for n in branch_ops(graph, res)):
-            blocks[op.name] = res
     issues = []
-    for chain in _chains(graph, blocks):
-        issue = _chain_issue(graph, [blocks[name] for name in chain])
+    for chain in residual_chains(graph):
+        issue = _chain_issue(graph, chain)
         if issue is not None:
             issues.append(issue)
     return issues
 
 
-def _chains(graph: ModelGraph, blocks: dict[str, Residual]) -> list[list[str]]:
+def residual_chains(graph: ModelGraph) -> list[list[Residual]]:
+    """The unnormalized residual blocks with work in their branch, in chains along the stream, each in graph
+    order. Shared with the rule's probe, which measures the chain a finding names."""
+    key = ("IL201", "chains")
+    if key in graph.memo:
+        return graph.memo[key]
+    blocks: dict[str, Residual] = {}
+    identity: dict[str, Residual] = {}  # the blocks whose skip is the stream itself, not a projection of it
+    extends: dict[str, str] = {}  # a parallel block's second add -> its first
+    for op in graph.of_kind(OpKind.ADD):
+        res = residual(graph, op)
+        plain = res is not None
+        if res is None:
+            res = projected_residual(graph, op)
+        if res is None:
+            res, first = _parallel(graph, op, identity)
+            if res is None:
+                continue
+            extends[op.name] = first
+        if branch_prenormalized(graph, res, SCALE_NORMS):
+            continue
+        if any(graph.op(n).kind in _WORK for n in branch_ops(graph, res)):
+            blocks[op.name] = res
+            if plain:
+                identity[op.name] = res
+    chains = [[blocks[name] for name in chain] for chain in _chains(graph, blocks, extends)]
+    graph.memo[key] = chains
+    return chains
+
+
+def _parallel(graph: ModelGraph, op: Op, identity: dict[str, Residual]) -> tuple[Residual | None, str]:
+    """A parallel block's second add, ``(x + f(x)) + g(x)`` (GPT-J, PaLM), as the residual ``x + g(x)``.
+
+    The first add ``x + f(x)`` is a residual with an identity skip (a projection shortcut's sum plus a third
+    branch is an Inception block, IL202's); the second adds another branch of the same ``x`` to it, so the
+    stream takes both branches' variance in one block. Returned with the first add's name, which it continues.
+    """
+    if len(op.inputs) != 2:
+        return None, ""
+    for first, other in (op.inputs, op.inputs[::-1]):
+        res = identity.get(first)
+        if res is None or graph.op(other).kind is OpKind.PARAM:
+            continue
+        upstream = graph.ancestors_from(graph.op(other), graph.position(res.skip.name))
+        if res.skip.name in upstream and first not in upstream:
+            return Residual(op, res.skip, graph.op(other)), first
+    return None, ""
+
+
+def _chains(graph: ModelGraph, blocks: dict[str, Residual], extends: dict[str, str]) -> list[list[str]]:
     """The residual adds grouped into chains along the stream, each in graph order."""
     after: dict[str, str] = {}
     for name, res in blocks.items():  # graph order: the first add that continues a stream takes it
-        root = stream_root(graph, res.skip)
+        root = extends.get(name) or stream_root(graph, res.skip)
         if root in blocks and root not in after:
             after[root] = name
-    starts = [name for name in blocks if name not in set(after.values())]
+    continued = set(after.values())
+    starts = [name for name in blocks if name not in continued]
     chains = []
     for start in starts:
         chain = [start]
@@ -148,8 +192,6 @@ def _chains(graph: ModelGraph, blocks: dict[str, Residual]) -> list[list[str]]:
             chain.append(after[chain[-1]])
         chains.append(chain)
     return chains
-
-
 
 
 def _second(graph: ModelGraph, op: Op) -> float:
@@ -231,25 +273,25 @@ def _last_layer_params(graph: ModelGraph, chain: list[Residual]) -> list[list[st
 
 
 def _zero_init_code(per_branch: list[list[str]]) -> str:
-    """A loop zeroing the given parameters; written over the block index when the names differ only there."""
-    first = per_branch[0]
-    parts = [name.split(".") for name in first]
-    for k, part in enumerate(parts[0]):
-        if not part.isdigit():
+    """A loop zeroing the given parameters; written over the block index when the names differ only there
+    (a parallel block's two branches, `{i}.attn.proj` and `{i}.mlp.fc2`, share one index)."""
+    names = list(dict.fromkeys(n for names in per_branch for n in names))
+    split = [name.split(".") for name in names]
+    for k in range(min(len(p) for p in split)):
+        if not all(p[k].isdigit() for p in split):
             continue
-        index = [names[0].split(".")[k] for names in per_branch]
-        template = [".".join(p[:k] + ["{i}"] + p[k + 1:]) if len(p) > k and p[k] == part else None for p in parts]
-        if None in template or len(set(index)) != len(per_branch):
+        templates = list(dict.fromkeys(".".join(p[:k] + ["{i}"] + p[k + 1:]) for p in split))
+        index = list(dict.fromkeys(p[k] for p in split))
+        if len(index) < 2 or len(names) != len(templates) * len(index):
             continue
-        if all(names == [t.format(i=i) for t in template] for names, i in zip(per_branch, index)):
-            fields = ", ".join(f'f"{t}"' for t in template)
-            numbers = [int(i) for i in index]
-            loop = (f"range({numbers[0]}, {numbers[-1] + 1})" if numbers == list(range(numbers[0], numbers[-1] + 1))
-                    else f"({', '.join(index)}{',' if len(index) == 1 else ''})")
-            loop = loop.replace("range(0, ", "range(")
-            return (f"for i in {loop}:\n"
-                    f"    for name in ({fields}{',' if len(template) == 1 else ''}):\n"
-                    f"        nn.init.zeros_(model.get_parameter(name))\n")
-    names = [n for names in per_branch for n in names]
-    return "".join(f'nn.init.zeros_(model.get_parameter("{n}"))\n' for n in dict.fromkeys(names))
-
+        if {(t, i) for t in templates for i in index} != {(".".join(p[:k] + ["{i}"] + p[k + 1:]), p[k]) for p in split}:
+            continue
+        fields = ", ".join(f'f"{t}"' for t in templates)
+        numbers = [int(i) for i in index]
+        loop = (f"range({numbers[0]}, {numbers[-1] + 1})" if numbers == list(range(numbers[0], numbers[-1] + 1))
+                else f"({', '.join(index)})")
+        loop = loop.replace("range(0, ", "range(")
+        return (f"for i in {loop}:\n"
+                f"    for name in ({fields}{',' if len(templates) == 1 else ''}):\n"
+                f"        nn.init.zeros_(model.get_parameter(name))\n")
+    return "".join(f'nn.init.zeros_(model.get_parameter("{n}"))\n' for n in names)

@@ -16,7 +16,7 @@ from ..findings import Finding
 from ..graph import ModelGraph
 from ..ops import Op, OpKind
 from ..patterns import (
-    branch_ops, nonlinearity_after, projected_residual, residual, signal_path, stream_end, stream_root, TRIVIAL,
+    branch_ops, nonlinearity_after, signal_path, stream_end, TRIVIAL,
 )
 from . import repairs
 from .records import (
@@ -82,22 +82,14 @@ def off_scale_repair(model, finding: Finding, graph: ModelGraph) -> tuple[Edit, 
 
 
 def residual_chain(graph: ModelGraph, first: Op) -> list:
-    """The residual adds continuing the stream from ``first``, each as a :class:`~initlint.patterns.Residual`."""
-    start = residual(graph, first) or projected_residual(graph, first)
-    if start is None:
-        raise Unrepairable(f"`{first.name}` is not a residual add")
-    chain = [start]
-    adds = [op for op in graph.of_kind(OpKind.ADD)]
-    while True:
-        nxt = None
-        for op in adds:
-            res = residual(graph, op) or projected_residual(graph, op)
-            if res is not None and stream_root(graph, res.skip) == chain[-1].add.name:
-                nxt = res
-                break
-        if nxt is None or nxt in chain:
+    """The chain of residual adds the rule reported from ``first``, each as a
+    :class:`~initlint.patterns.Residual`: the rule's own chains, so that probe and finding agree."""
+    from initlint.rules.unscaled_residual import residual_chains
+
+    for chain in residual_chains(graph):
+        if chain[0].add.name == first.name:
             return chain
-        chain.append(nxt)
+    raise Unrepairable(f"`{first.name}` does not start a chain of residual adds")
 
 
 def residual_needs(graph: ModelGraph, finding: Finding) -> Needs:

@@ -10,6 +10,7 @@ from torch import nn
 
 from initlint import lint
 from initlint.findings import Severity
+from initlint.ops import OpKind
 
 # The engine's factor against theory: independent zero-mean branches add exactly; ReLU-ending ones add their
 # means coherently, 1 + (N - 1)/pi after 1/sqrt(N) (measured-claims, claim 6). 3% covers the borders of the
@@ -119,6 +120,34 @@ def test_stacked_sums_are_found_and_averages_and_scaled_sums_are_clean():
     assert f.predicted["factor"] == pytest.approx(4.0, rel=THEORY_TOL)
     assert findings(*model_of(form="mean")) == []
     assert findings(*model_of(scale=0.5)) == []
+
+
+def test_near_miss_stacked_experts_scaled_by_one_over_sqrt_n_on_a_small_batch():
+    """Each stacked branch has its own per-feature offsets over a 16-row batch: the sum over the stack adds
+    them as independent (x8 / 8 = 1 after the scale), not as offsets shared along the summed dimension."""
+
+    class Experts(nn.Module):
+        def __init__(self, n=8, d=64):
+            super().__init__()
+            self.experts = nn.ModuleList(nn.Linear(d, d) for _ in range(n))
+            for e in self.experts:
+                nn.init.kaiming_normal_(e.weight, nonlinearity="linear")
+                nn.init.zeros_(e.bias)
+            self.head = nn.Linear(d, 1)
+
+        def forward(self, x):
+            y = torch.stack([e(x) for e in self.experts]).sum(0) / math.sqrt(len(self.experts))
+            return self.head(torch.tanh(y))
+
+    torch.manual_seed(0)
+    model, x = Experts(), torch.randn(16, 64)
+    report = lint(model, x, select=["IL202"], signals=True)
+    assert report.findings == []
+    with torch.no_grad():
+        y = torch.stack([e(x) for e in model.experts]).sum(0) / math.sqrt(8)
+    graph = report.targets[0].graph
+    scaled = next(op for op in graph if op.kind is OpKind.SCALE)
+    assert graph.signal(scaled).forward.second == pytest.approx(y.pow(2).mean().item(), rel=0.15)
 
 
 def test_a_norm_after_the_sum_makes_it_info():

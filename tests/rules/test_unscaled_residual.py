@@ -173,3 +173,64 @@ def test_an_elementwise_polynomial_is_not_a_residual_block():
             return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x.pow(3))))
 
     assert findings(nn.Sequential(*[TanhGelu() for _ in range(4)]), torch.randn(8, 16)) == []
+
+
+# -- parallel blocks: x + attn(x) + mlp(x) (GPT-J, PaLM) ------------------------------------------------------
+
+
+class Parallel(nn.Module):
+    """Two branches of the same ``x`` added to it, each variance-preserving: the stream triples per block."""
+
+    def __init__(self, d, norm=False, alpha=None):
+        super().__init__()
+        self.a, self.m1, self.m2 = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        nn.init.kaiming_normal_(self.a.weight, nonlinearity="linear")
+        nn.init.kaiming_normal_(self.m1.weight, nonlinearity="relu")
+        nn.init.kaiming_normal_(self.m2.weight, nonlinearity="linear")
+        self.norm = nn.LayerNorm(d) if norm else None
+        self.alpha = alpha
+
+    def forward(self, x):
+        h = self.norm(x) if self.norm is not None else x
+        a, m = self.a(h), self.m2(torch.relu(self.m1(h)))
+        if self.alpha is not None:
+            return x + self.alpha * a + self.alpha * m
+        return x + a + m
+
+
+def parallel_stack(blocks=4, d=256, **kw):
+    torch.manual_seed(0)
+    return nn.Sequential(*[Parallel(d, **kw) for _ in range(blocks)]), torch.randn(64, d)
+
+
+def test_parallel_blocks_count_both_branches():
+    model, x = parallel_stack()
+    (f,) = [f for f in lint(model, x, select=["IL201"]).findings]
+    assert f.predicted["adds"] == 8  # two per block, one chain
+    with torch.no_grad():
+        measured = (model(x).pow(2).mean() / x.pow(2).mean()).item()
+    assert measured > 40.0  # 3^4 = 81 with both branches as strong as the stream
+    assert f.predicted["growth"] == pytest.approx(measured, rel=0.35)
+    assert "for i in range(4):" in f.fix.code and "{i}.a.weight" in f.fix.code and "{i}.m2.weight" in f.fix.code
+
+
+def test_parallel_blocks_prenormalized_or_scaled_are_not_findings():
+    for kw in ({"norm": True}, {"alpha": 0.1}):  # GPT-J's x + attn(ln(x)) + mlp(ln(x)); small branch scales
+        model, x = parallel_stack(**kw)
+        assert lint(model, x, select=["IL201"]).findings == [], kw
+
+
+def test_inception_sum_with_a_projection_is_not_a_parallel_block():
+    """proj(x) + f(x) + g(x) is a sum of three branches (IL202's), not a residual stream extended."""
+
+    class Inception(nn.Module):
+        def __init__(self, d):
+            super().__init__()
+            self.b1, self.b2, self.b3 = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+
+        def forward(self, x):
+            return self.b1(x) + self.b2(x) + self.b3(x)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*[Inception(64) for _ in range(4)])
+    assert lint(model, torch.randn(32, 64), select=["IL201"]).findings == []
