@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..capture.program import Program
 from ..graph import ModelGraph
@@ -228,18 +229,48 @@ class _Recorder(Recorder):
             self.values.setdefault((tap.op, tap.key), tap.reduce(g.detach()))
 
 
+_PRODUCTS = frozenset(
+    getattr(torch.ops.aten, name).default for name in ("convolution", "mm", "addmm", "bmm", "baddbmm", "addbmm"))
+
+
+class LowPrecisionProducts(TorchDispatchMode):
+    """Matrix products and convolutions of float16 (bfloat16) operands computed in float32 and rounded to float16
+    (bfloat16), under an autocast pass on the CPU.
+
+    The CPU's own half-precision kernels compute exactly this (operands widened to float32, float32
+    accumulation, the result rounded) but without vector units for it, 10-20x slower than float32: a 1x1
+    convolution of 64 channels at 32 x 32 takes 400 ms under float16 autocast against 20 ms in float32. The
+    result is the same tensor, to the order of the float32 accumulation: what overflows to inf in float16 still
+    does, what falls below its normal range still does. Every other op runs as autocast leaves it."""
+
+    def __init__(self, dtype: torch.dtype):
+        super().__init__()
+        self.dtype = dtype
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _PRODUCTS and any(isinstance(a, torch.Tensor) and a.dtype == self.dtype for a in args):
+            wide = [a.float() if isinstance(a, torch.Tensor) and a.dtype == self.dtype else a for a in args]
+            return func(*wide, **kwargs).to(self.dtype)
+        return func(*args, **kwargs)
+
+
 def run_pass(runnable: Runnable, needs: Needs | None, device: torch.device, seed: int = 0,
              autocast: torch.dtype | None = None) -> Evidence:
     """One forward and backward pass of ``runnable`` recording ``needs`` (every op when ``needs`` is None).
 
-    With ``autocast`` (float16 or bfloat16), a forward pass only, under ``torch.autocast`` in that dtype."""
+    With ``autocast`` (float16 or bfloat16), a forward pass only, under ``torch.autocast`` in that dtype. On the
+    CPU its matrix products and convolutions are computed as :class:`LowPrecisionProducts` says: the same values
+    (low-precision operands, float32 accumulation, a low-precision result) at float32 speed."""
     graph = runnable.graph
     rec = _Recorder(graph, needs)
     if needs is not None and needs.empty:
         return Evidence()
     grad = torch.no_grad() if autocast is not None else torch.enable_grad()
     cast = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
-    with preserved(runnable.model), grad, cast, quiet():
+    emulate = LowPrecisionProducts(autocast) if autocast is not None and device.type == "cpu" \
+        else contextlib.nullcontext()
+    with preserved(runnable.model), grad, cast, emulate, quiet():
         torch.manual_seed(seed)
         try:
             grads = _run(runnable, graph, rec, device, seed, needs.params if needs is not None else frozenset(),
@@ -338,5 +369,5 @@ def _match_inputs(graph: ModelGraph, args: tuple, kwargs: dict) -> dict[str, tor
 
 
 
-__all__ = ["Runnable", "run_pass", "instrument", "capped", "keep", "keep_all", "MAX_BATCH",
+__all__ = ["Runnable", "run_pass", "LowPrecisionProducts", "instrument", "capped", "keep", "keep_all", "MAX_BATCH",
            "MAX_SPATIAL", "KEEP"]
