@@ -51,25 +51,40 @@ def softmax_stats(n_q: int, n_k: int, variance: float, causal: bool = False) -> 
 
 @lru_cache(maxsize=512)
 def _stats(n_q: int, n_k: int, variance: float, causal: bool) -> SoftmaxStats:
+    z, d, mask, live = _draws(n_q, n_k, causal)
+    logits = z * math.sqrt(variance)
+    if mask is not None:
+        logits.masked_fill_(mask, -math.inf)
+    logp = torch.log_softmax(logits, dim=-1)
+    p = logp.exp()
+    jac = p * d
+    jac = torch.sub(d, jac.sum(-1, keepdim=True), out=jac).mul_(p)
+    logp = logp.view(-1) if live is None else logp.view(-1).index_select(0, live)
+    return SoftmaxStats(
+        p2=float(p.mul_(p).mean()),
+        jacobian=float(jac.mul_(jac).mean()),
+        log_second=float((logp * logp).mean()),
+        log_mean=float(logp.mean()),
+    )
+
+
+@lru_cache(maxsize=4)
+def _draws(n_q: int, n_k: int, causal: bool):
+    """The standard normal logits and upstream gradients of one shape (``_stats`` scales the logits by the
+    standard deviation: the draws do not depend on the variance, and drawing them is most of the cost), the
+    causal mask's masked entries and the flat positions of its live ones (``None`` when nothing is masked)."""
     gen = torch.Generator().manual_seed(SEED)
     rows = torch.linspace(0, n_q - 1, min(n_q, MAX_ROWS)).round().long()
     reps = max(1, SAMPLES // (len(rows) * n_k))
-    logits = torch.randn(reps, len(rows), n_k, generator=gen, dtype=torch.float64) * math.sqrt(variance)
-    mask = torch.ones(len(rows), n_k, dtype=torch.bool)
-    if causal:
-        mask = torch.arange(n_k)[None, :] <= rows[:, None]
-    logits = logits.masked_fill(~mask, -math.inf)
-    logp = torch.log_softmax(logits, dim=-1)
-    p = logp.exp()
-    d = torch.randn(logits.shape, generator=gen, dtype=torch.float64)
-    jac = p * (d - (p * d).sum(-1, keepdim=True))
-    live = logp[mask.expand_as(logp)]
-    return SoftmaxStats(
-        p2=float((p * p).mean()),
-        jacobian=float((jac * jac).mean()),
-        log_second=float((live * live).mean()),
-        log_mean=float(live.mean()),
-    )
+    z = torch.randn(reps, len(rows), n_k, generator=gen, dtype=torch.float64)
+    d = torch.randn(z.shape, generator=gen, dtype=torch.float64)
+    if not causal:
+        return z, d, None, None
+    keep = torch.arange(n_k)[None, :] <= rows[:, None]
+    if bool(keep.all()):
+        return z, d, None, None
+    live = keep.expand(z.shape).reshape(-1).nonzero().squeeze(1)
+    return z, d, ~keep, live
 
 
 __all__ = ["SoftmaxStats", "softmax_stats"]
