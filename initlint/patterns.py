@@ -384,23 +384,38 @@ def signal_path(graph: ModelGraph, op: Op) -> tuple[Op, ...]:
     """The ops ``op``'s signal came through since it last started afresh (a normalization or a source: input,
     embedding, parameter), in order, ``op`` last. At each op the path follows the data operand of weight layers
     and activations, the values of attention, and elsewhere the operand with the largest predicted second moment
-    among those a gradient flows to (a residual add's larger side). Needs predicted signals."""
+    among those a gradient flows to (a residual add's larger side). Needs predicted signals.
+
+    The paths of a graph's ops form a forest (each op's predecessor depends on that op alone,
+    :func:`signal_parent`): a rule that asks about many ops' paths should walk the forest once rather than build
+    every path, which on a Pre-LN stream is as long as the model."""
     path = [op]
-    while path[-1].kind not in _SOURCES and not is_norm(graph, path[-1]) and path[-1].inputs:
-        cur = path[-1]
-        if cur.kind in WEIGHT_LAYERS or cur.kind is OpKind.ACTIVATION:
-            nxt = cur.inputs[0]
-        elif cur.kind is OpKind.ATTENTION and len(cur.inputs) >= 3:
-            nxt = cur.inputs[2]
-        else:
-            signals = [(n, graph.signal(n)) for n in dict.fromkeys(cur.inputs)]
-            live = [(n, s) for n, s in signals if s is not None and s.backward is not None] or \
-                [(n, s) for n, s in signals if s is not None]
-            if not live:
-                break
-            nxt = max(live, key=lambda ns: ns[1].forward.second)[0]
-        path.append(graph.op(nxt))
+    while (nxt := signal_parent(graph, path[-1])) is not None:
+        path.append(nxt)
     return tuple(reversed(path))
+
+
+def signal_parent(graph: ModelGraph, op: Op) -> Op | None:
+    """The op before ``op`` on its :func:`signal_path`, or ``None`` where the path starts (memoized per graph)."""
+    memo = graph.memo.setdefault("signal_parent", {})
+    if op.name not in memo:
+        memo[op.name] = _signal_parent(graph, op)
+    return memo[op.name]
+
+
+def _signal_parent(graph: ModelGraph, op: Op) -> Op | None:
+    if op.kind in _SOURCES or is_norm(graph, op) or not op.inputs:
+        return None
+    if op.kind in WEIGHT_LAYERS or op.kind is OpKind.ACTIVATION:
+        return graph.op(op.inputs[0])
+    if op.kind is OpKind.ATTENTION and len(op.inputs) >= 3:
+        return graph.op(op.inputs[2])
+    signals = [(n, graph.signal(n)) for n in dict.fromkeys(op.inputs)]
+    live = [(n, s) for n, s in signals if s is not None and s.backward is not None] or \
+        [(n, s) for n, s in signals if s is not None]
+    if not live:
+        return None
+    return graph.op(max(live, key=lambda ns: ns[1].forward.second)[0])
 
 
 def sig(x: float, digits: int = 3) -> str:
@@ -528,5 +543,6 @@ __all__ = [
     "CARRIERS", "WEIGHT_LAYERS", "PER_SAMPLE_NORMS", "SCALE_NORMS", "GAINS_SQUARED", "Block", "BlockGroup",
     "Residual", "branch_ops", "branch_prenormalized", "distribution", "is_norm", "next_stops", "norm_kind",
     "normalized_after", "normalized_soon", "projected_residual", "python_path", "relative", "repeated_blocks",
-    "residual", "sig", "times", "BlindInit", "groups_blind", "groups_blind_inits", "STREAM", "TRIVIAL", "stream_end", "stream_root",
+    "residual", "sig", "signal_parent", "signal_path", "times", "BlindInit", "groups_blind", "groups_blind_inits",
+    "STREAM", "TRIVIAL", "stream_end", "stream_root",
 ]

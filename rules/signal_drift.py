@@ -10,7 +10,8 @@ from initlint.findings import Fix, Issue, Severity
 from initlint.gains import activation_gain
 from initlint.graph import ModelGraph
 from initlint.ops import ActivationParams, ConvParams, Op, OpKind
-from initlint.patterns import is_norm, next_stops, nonlinearity_after, python_path, residual, sig, signal_path
+from initlint.patterns import (is_norm, next_stops, nonlinearity_after, python_path, residual, sig,
+                               signal_parent)
 from initlint.registry import rule
 
 # Reported when the layers between two normalizations (or between the input and the output) change the forward
@@ -98,9 +99,10 @@ def signal_drift(graph: ModelGraph) -> Issue | None:
     - PyTorch issue #15314, "Kaiming init of conv and linear layers, why gain = sqrt(5)"
     """
     worst: _Drift | None = None
+    states: dict[str, _State] = {}
     for end, last in _ends(graph):
-        drift = _drift(graph, end, last)
-        if drift is None or not drift.layers or drift.worst < math.log(FACTOR) \
+        drift = _drift(graph, end, last, states)
+        if drift is None or not drift.chain.layers or drift.worst < math.log(FACTOR) \
                 or drift.compounding() < math.log(FACTOR):
             continue
         if worst is None or drift.worst > worst.worst:
@@ -164,11 +166,57 @@ class _Step:
 
 
 @dataclass(frozen=True)
+class _Chain:
+    """The steps of a stretch so far, newest first, as a linked list shared by every stretch that continues it
+    (the signal paths of a graph form a forest), with the running products, log sums and log extremes that
+    :class:`_Drift` reads, each accumulated oldest first as ``math.prod`` and ``sum`` over the steps would."""
+
+    step: _Step
+    rest: _Chain | None
+    forward: float  # product of the steps' forward factors
+    backward: float
+    layers: int  # steps on a weight layer
+    log_sum: tuple[float, float]  # forward, backward
+    log_max: tuple[float, float]
+    log_min: tuple[float, float]
+
+    @classmethod
+    def push(cls, rest: _Chain | None, step: _Step) -> _Chain:
+        logs = (_log(step.forward), _log(step.backward))
+        if rest is None:
+            return cls(step, None, 1 * step.forward, 1 * step.backward, int(step.op.kind is not OpKind.ACTIVATION),
+                       (0 + logs[0], 0 + logs[1]), logs, logs)
+        return cls(step, rest, rest.forward * step.forward, rest.backward * step.backward,
+                   rest.layers + (step.op.kind is not OpKind.ACTIVATION),
+                   (rest.log_sum[0] + logs[0], rest.log_sum[1] + logs[1]),
+                   (max(rest.log_max[0], logs[0]), max(rest.log_max[1], logs[1])),
+                   (min(rest.log_min[0], logs[0]), min(rest.log_min[1], logs[1])))
+
+    def steps(self) -> tuple[_Step, ...]:
+        out, node = [], self
+        while node is not None:
+            out.append(node.step)
+            node = node.rest
+        return tuple(reversed(out))
+
+
+def _log(x: float) -> float:
+    """``math.log(x)`` where defined: a chain with a factor of 0 or inf has no finite product and is no drift."""
+    return math.log(x) if 0 < x < math.inf else math.nan
+
+
+@dataclass(frozen=True)
 class _Drift:
     end: Op  # the norm or output the stretch ends at
-    steps: tuple[_Step, ...]
-    forward: float
-    backward: float
+    chain: _Chain
+
+    @property
+    def forward(self) -> float:
+        return self.chain.forward
+
+    @property
+    def backward(self) -> float:
+        return self.chain.backward
 
     @property
     def worst(self) -> float:
@@ -177,11 +225,15 @@ class _Drift:
     def compounding(self) -> float:
         """The larger |log factor| of the two directions once the step pushing hardest that way is left out."""
         rest = []
-        for direction in ("forward", "backward"):
-            logs = [math.log(getattr(s, direction)) for s in self.steps]
-            total = sum(logs)
-            rest.append(abs(total) - max(max(math.copysign(1.0, total) * v for v in logs), 0.0))
+        for i in (0, 1):
+            total = self.chain.log_sum[i]
+            hardest = self.chain.log_max[i] if math.copysign(1.0, total) > 0 else -self.chain.log_min[i]
+            rest.append(abs(total) - max(hardest, 0.0))
         return max(rest)
+
+    @property
+    def steps(self) -> tuple[_Step, ...]:
+        return self.chain.steps()
 
     @property
     def layers(self) -> tuple[Op, ...]:
@@ -196,35 +248,66 @@ def _ends(graph: ModelGraph):
                 yield op, graph.op(name)
 
 
-def _drift(graph: ModelGraph, end: Op, last: Op) -> _Drift | None:
+@dataclass(frozen=True)
+class _State:
+    """The walk along a signal path up to an op: the steps counted, and how the walk stands."""
+
+    chain: _Chain | None = None
+    branch: bool = False  # the path entered a residual add from its branch side: no stretch
+    head: bool = False  # the path reached the output layer: the steps stop there
+    plain: bool = True  # only reshapes and dropout since the newest step's op
+
+
+_START = _State()
+_PLAIN = frozenset({OpKind.PASSTHROUGH, OpKind.DROPOUT})
+
+
+def _drift(graph: ModelGraph, end: Op, last: Op, states: dict[str, _State]) -> _Drift | None:
     s = graph.signal(last)
     if s is None or s.backward is None:
         return None
-    path = signal_path(graph, last)
-    steps: list[_Step] = []
-    for prev, op in zip(path, path[1:]):
-        if op.kind is OpKind.ADD and (res := residual(graph, op)) is not None and res.branch.name == prev.name:
-            return None  # a residual branch: its scale against the stream is IL201's (or IL101's) finding
-        if op.kind in (OpKind.LINEAR, OpKind.CONV) and _head(graph, op):
-            break
-        if op.kind not in _COUNTED:
-            continue
-        step = _step(graph, prev, op)
-        if step is None:
-            continue
-        if op.kind is OpKind.ACTIVATION and steps and steps[-1].activation is None \
-                and steps[-1].op.kind is not OpKind.ACTIVATION and _directly_after(path, steps[-1].op, op):
-            last = steps[-1]
-            step = _Step(last.op, last.forward * step.forward, last.backward * step.backward, op)
-            steps.pop()
-        steps.append(step)
-    if not steps:
+    state = _state(graph, last, states)
+    if state.branch or state.chain is None:
         return None
-    forward = math.prod(s.forward for s in steps)
-    backward = math.prod(s.backward for s in steps)
+    forward, backward = state.chain.forward, state.chain.backward
     if not (forward > 0 and backward > 0 and math.isfinite(forward) and math.isfinite(backward)):
         return None
-    return _Drift(end, tuple(steps), forward, backward)
+    return _Drift(end, state.chain)
+
+
+def _state(graph: ModelGraph, op: Op, states: dict[str, _State]) -> _State:
+    """The walk's state at ``op`` along its :func:`~initlint.patterns.signal_path`, each op's computed once from
+    its predecessor's (``states``: the memo, shared by every end of the graph)."""
+    todo, cur = [], op
+    while cur.name not in states:
+        prev = signal_parent(graph, cur)
+        if prev is None:
+            states[cur.name] = _START
+            break
+        todo.append((prev, cur))
+        cur = prev
+    for prev, cur in reversed(todo):
+        states[cur.name] = _advance(graph, states[prev.name], prev, cur)
+    return states[op.name]
+
+
+def _advance(graph: ModelGraph, state: _State, prev: Op, op: Op) -> _State:
+    if state.branch or state.head:
+        return state
+    if op.kind is OpKind.ADD and (res := residual(graph, op)) is not None and res.branch.name == prev.name:
+        return _State(branch=True)  # a residual branch: its scale against the stream is IL201's (or IL101's)
+    if op.kind in (OpKind.LINEAR, OpKind.CONV) and _head(graph, op):
+        return _State(state.chain, head=True)
+    step = _step(graph, prev, op) if op.kind in _COUNTED else None
+    if step is None:
+        return _State(state.chain, plain=state.plain and op.kind in _PLAIN)
+    chain = state.chain
+    if op.kind is OpKind.ACTIVATION and chain is not None and chain.step.activation is None \
+            and chain.step.op.kind is not OpKind.ACTIVATION and state.plain:
+        last = chain.step  # the activation right after a weight layer: one step
+        step = _Step(last.op, last.forward * step.forward, last.backward * step.backward, op)
+        chain = chain.rest
+    return _State(_Chain.push(chain, step))
 
 
 def _step(graph: ModelGraph, prev: Op, op: Op) -> _Step | None:
@@ -245,11 +328,6 @@ def _step(graph: ModelGraph, prev: Op, op: Op) -> _Step | None:
     if not backward > 0:
         return None
     return _Step(op, forward, backward)
-
-
-def _directly_after(path: tuple[Op, ...], layer: Op, act: Op) -> bool:
-    between = path[path.index(layer) + 1:path.index(act)]
-    return all(o.kind in (OpKind.PASSTHROUGH, OpKind.DROPOUT) for o in between)
 
 
 def _head(graph: ModelGraph, op: Op) -> bool:

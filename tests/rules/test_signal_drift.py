@@ -136,3 +136,23 @@ def test_zero_weight_layers_are_no_crash():
     nn.init.zeros_(model[2].weight)
     target = lint(model, torch.randn(8, 16), select=["IL303"]).targets[0]
     assert target.error is None, target.error
+
+
+def test_each_op_is_walked_once_whatever_the_depth(monkeypatch):
+    """Each norm of a Pre-LN stream ends a stretch whose signal path is the whole stream before it: the rule walks
+    the paths' forest once, each op once (linear in depth), not every path from its end (quadratic: 19 s for a
+    1000-block transformer). Same for a deep MLP, whose one stretch is the whole model."""
+    import sys
+
+    from benchmarks.scale import mlp as deep_mlp
+    from benchmarks.scale import transformer
+    from initlint.registry import discover
+
+    module = sys.modules[next(r for r in discover() if r.code == "IL303").check.__module__]
+    advance, walked = module._advance, []
+    monkeypatch.setattr(module, "_advance", lambda graph, state, prev, op: walked.append(op.name)
+                        or advance(graph, state, prev, op))
+    for model, inputs in (transformer(12), deep_mlp(40)):
+        walked.clear()
+        findings(model, inputs)
+        assert walked and len(walked) == len(set(walked))
