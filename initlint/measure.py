@@ -131,7 +131,7 @@ def measure(graph: ModelGraph, program: Program, device: str = "auto", seed: int
     model = program.model
     rec = Recorder(graph)
     with preserved(model), torch.enable_grad(), quiet():
-        torch.manual_seed(seed)
+        seed_device(dev, seed)
         try:
             _run(graph, program, rec, dev, seed)
         finally:
@@ -140,6 +140,15 @@ def measure(graph: ModelGraph, program: Program, device: str = "auto", seed: int
                 if isinstance(value, tuple) and isinstance(value[-1], Slot):
                     value[-1].recorder = None
     return rec.signals()
+
+
+def seed_device(device: torch.device, seed: int) -> None:
+    """``torch.manual_seed(seed)`` for a pass on ``device``: on the CPU only the CPU generator, the one the pass
+    draws from (seeding every backend queues a lazy CUDA seeding with its traceback, a millisecond a call)."""
+    if device.type == "cpu":
+        torch.default_generator.manual_seed(int(seed))
+    else:
+        torch.manual_seed(seed)
 
 
 def _run(graph: ModelGraph, program: Program, rec: Recorder, dev: torch.device, seed: int) -> None:

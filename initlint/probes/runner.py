@@ -45,7 +45,7 @@ from ..capture.program import Program
 from ..graph import ModelGraph
 from ..inputs import ExampleInputs
 from ..measure import (
-    Recorder, device_of, first_tensor, gradient_leaves, prepare_input, quiet,
+    Recorder, Slot, device_of, first_tensor, gradient_leaves, prepare_input, quiet, seed_device,
     surrogate_loss,
 )
 from ..ops import Capture, OpKind
@@ -74,12 +74,23 @@ class Runnable:
     prefix: str = ""
     edited: dict = dataclasses.field(default_factory=dict)  # op name -> node that now stands for its output
     edits: tuple = ()  # the structural edits made, for probes that must know them (a changed call argument)
+    # the module with a probe after every op, built on first use and shared by copies with other inputs
+    cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def of(cls, program: Program, graph: ModelGraph, model: nn.Module | None = None,
            edits: Sequence[Edit] = ()) -> "Runnable":
-        """The program's graph bound to ``model`` (default: the program's own), with ``edits`` inserted."""
-        model = program.model if model is None else model
+        """The program's graph bound to ``model`` (default: the program's own), with ``edits`` inserted. The
+        program's own is built once per program and graph, and kept in the program's cache."""
+        if (model is None or model is program.model) and not edits:
+            key = ("probe-runnable", tuple(graph.ops))
+            if key not in program.cache:
+                program.cache[key] = cls._of(program, graph, program.model, ())
+            return program.cache[key]
+        return cls._of(program, graph, program.model if model is None else model, edits)
+
+    @classmethod
+    def _of(cls, program: Program, graph: ModelGraph, model: nn.Module, edits: Sequence[Edit]) -> "Runnable":
         if program.capture is Capture.FX:
             module = torch.fx.GraphModule(model, copy.deepcopy(program.graph_module.graph),
                                           type(program.graph_module).__name__)
@@ -97,6 +108,15 @@ class Runnable:
 
     def with_inputs(self, inputs: ExampleInputs, values: tuple) -> "Runnable":
         return dataclasses.replace(self, inputs=inputs, values=values)
+
+    def instrumented(self) -> tuple[torch.fx.GraphModule, Slot]:
+        """The module with ``slot(value, op index)`` after every op (after its edit, where a repair rescaled it),
+        built once: a pass points the slot at its recorder, which skips the ops no probe reads. Code
+        generation costs more than a small model's step, so it is not redone per pass."""
+        if "instrumented" not in self.cache:
+            slot = Slot()
+            self.cache["instrumented"] = (instrument(self.module, self.graph, slot, self.prefix, self.edited), slot)
+        return self.cache["instrumented"]
 
     def call_args(self) -> tuple[tuple, dict]:
         if self.capture is Capture.FX:
@@ -201,6 +221,7 @@ class _Recorder(Recorder):
                 (self.bwd_taps if tap.backward else self.fwd_taps).setdefault(self.index[tap.op], []).append(tap)
         self.values: dict[tuple[str, str], Any] = {}
         self.seen: set[int] = set()
+        self.slots: list[Slot] = []  # the instrumented modules' slots pointing here, let go by close()
 
     @property
     def instrumented(self) -> set[int] | None:
@@ -211,6 +232,8 @@ class _Recorder(Recorder):
     def probe(self, value: Any, idx: int) -> None:
         if self.wanted is None or idx in self.wanted:
             super().probe(value, idx)
+        elif idx not in self.fwd_taps and idx not in self.bwd_taps:
+            return
         if idx in self.seen:
             return
         self.seen.add(idx)
@@ -223,6 +246,12 @@ class _Recorder(Recorder):
             handle = t.register_hook(functools.partial(self._grad_taps, idx))
             if t.grad_fn is None:
                 self.handles.append(handle)
+
+    def close(self) -> None:
+        super().close()
+        for slot in self.slots:
+            slot.recorder = None
+        self.slots.clear()
 
     def _grad_taps(self, idx: int, g: torch.Tensor) -> None:
         for tap in self.bwd_taps.get(idx, ()):
@@ -271,7 +300,7 @@ def run_pass(runnable: Runnable, needs: Needs | None, device: torch.device, seed
     emulate = LowPrecisionProducts(autocast) if autocast is not None and device.type == "cpu" \
         else contextlib.nullcontext()
     with preserved(runnable.model), grad, cast, emulate, quiet():
-        torch.manual_seed(seed)
+        seed_device(device, seed)
         try:
             grads = _run(runnable, graph, rec, device, seed, needs.params if needs is not None else frozenset(),
                          backward=autocast is None)
@@ -298,9 +327,11 @@ def _run(runnable: Runnable, graph: ModelGraph, rec: _Recorder, dev: torch.devic
     else:
         if runnable.capture is Capture.FX:
             model.train()
-        module = instrument(runnable.module, graph, rec, runnable.prefix, runnable.edited)
+        module, slot = runnable.instrumented()
         if runnable.capture is Capture.FX:
             module.train()
+        slot.recorder = rec
+        rec.slots.append(slot)
         target = copy.deepcopy(module).to(dev) if moved else module
         runner = target
         named = {(n[len(runnable.prefix):] if n.startswith(runnable.prefix) else n): p
@@ -328,30 +359,29 @@ def _run(runnable: Runnable, graph: ModelGraph, rec: _Recorder, dev: torch.devic
     return norms
 
 
-def instrument(gm: torch.fx.GraphModule, graph: ModelGraph, rec: _Recorder, prefix: str,
+def instrument(gm: torch.fx.GraphModule, graph: ModelGraph, slot: Any, prefix: str,
                edited: dict | None = None) -> torch.fx.GraphModule:
-    """A copy of ``gm`` (sharing its modules and parameters) with a probe after every op some probe reads; an
-    op that a structural edit rescaled is read after the edit."""
+    """A copy of ``gm`` (sharing its modules and parameters) with ``slot(value, op index)`` after every op, the
+    index being the op's position in ``graph``; an op that a structural edit rescaled is read after the edit."""
     g = copy.deepcopy(gm.graph)
+    index = {name: i for i, name in enumerate(graph.ops)}
     by_name = {n.name: n for n in g.nodes}
     moved = {op: by_name[node.name] for op, node in (edited or {}).items() if node.name in by_name}
     params = {op.weight.name: op.name for op in graph.of_kind(OpKind.PARAM) if op.weight is not None}
-    chosen = rec.instrumented
     for node in list(g.nodes):
         if node.op == "get_attr":
             target = str(node.target)
             name = params.get(target) or params.get(target[len(prefix):] if target.startswith(prefix) else "")
         elif node.op in ("call_function", "call_method", "call_module"):
-            name = node.name if node.name in rec.index else None
+            name = node.name if node.name in index else None
         else:
             name = None
-        if name is None or (chosen is not None and rec.index[name] not in chosen):
+        if name is None:
             continue
         at = moved.get(node.name, node)
         with g.inserting_after(at):
-            g.call_function(rec.probe, (at, rec.index[name]))
+            g.call_function(slot, (at, index[name]))
     return torch.fx.GraphModule(gm, g, type(gm).__name__)
-
 
 
 def _match_inputs(graph: ModelGraph, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
