@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .estimate import Ctx, Deriv, Est, Factor, Step, bcast
-from .gains import DTYPE, Rule, activation, bernoulli, mixture, point, with_derivative
+from .gains import DTYPE, Rule, activation_with_derivative, bernoulli, mixture, point, with_derivative
 from .ops import MathFn, Op, OpKind
 
 _TINY = 1e-30  # floor of the argument of sqrt, rsqrt, log and reciprocal on the grid
@@ -48,7 +48,7 @@ def rerooted(ctx: Ctx, x: Est, values: torch.Tensor | None = None, gain: float =
 
 
 def _activation(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step:
-    y, d = with_derivative(activation(op.params), ins[0].values)
+    y, d = activation_with_derivative(op.params, ins[0].values)
     return inside(ins[0].source, y, d)
 
 

@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import sys
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -103,8 +104,23 @@ def construction_sites() -> Iterator[dict[int, Location]]:
         handle.remove()
 
 
+# inspect.getsourcelines parses the class's whole file on every call: once per class is enough.
+_CLASS_LOCATIONS: weakref.WeakKeyDictionary[type, Location | None] = weakref.WeakKeyDictionary()
+
+
 def class_location(cls: type) -> Location | None:
     """Where a class is defined, for a root module whose construction was not seen."""
+    try:
+        return _CLASS_LOCATIONS[cls]
+    except (KeyError, TypeError):
+        pass
+    loc = _class_location(cls)
+    with contextlib.suppress(TypeError):  # a class that takes no weak references is not cached
+        _CLASS_LOCATIONS[cls] = loc
+    return loc
+
+
+def _class_location(cls: type) -> Location | None:
     import inspect
 
     try:

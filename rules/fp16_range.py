@@ -154,14 +154,8 @@ def _range(graph: ModelGraph, op: Op) -> _Range | None:
         x = graph.signal(op.inputs[0]).forward
         rule_ = gaussian(x.mean, x.variance)
         y = activation(op.params)(rule_.nodes).abs()
-        nonzero = y > 0
-
-        def frac(mask: torch.Tensor) -> float:
-            return rule_.expect((mask & nonzero).to(DTYPE))
-
-        over = frac(y > FP16_MAX)
-        small, zero, tiny = frac(y < FP16_TINY), frac(y < FP16_ZERO), frac(y < BF16_TINY)
-        huge = frac(y > BF16_MAX)
+        masks = torch.stack([y > FP16_MAX, y < FP16_TINY, y < FP16_ZERO, y < BF16_TINY, y > BF16_MAX]) & (y > 0)
+        over, small, zero, tiny, huge = (masks.to(DTYPE) * rule_.weights).sum(-1).tolist()
     else:
         over, huge = _beyond(s.mean, std, FP16_MAX), _beyond(s.mean, std, BF16_MAX)
         small, zero, tiny = (_within(s.mean, std, t) for t in (FP16_TINY, FP16_ZERO, BF16_TINY))

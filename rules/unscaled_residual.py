@@ -130,7 +130,7 @@ def unscaled_residual(graph: ModelGraph) -> list[Issue]:
 def residual_chains(graph: ModelGraph) -> list[list[Residual]]:
     """The unnormalized residual blocks with work in their branch, in chains along the stream, each in graph
     order. Shared with the rule's probe, which measures the chain a finding names."""
-    key = ("IL201", "chains")
+    key = ("residual_chains",)
     if key in graph.memo:
         return graph.memo[key]
     blocks: dict[str, Residual] = {}
