@@ -81,17 +81,7 @@ def post_ln(graph: ModelGraph) -> Issue | None:
     - Liu et al. 2020, "Understanding the Difficulty of Training Transformers"
     - Wang et al. 2022, "DeepNet: Scaling Transformers to 1,000 Layers" (DeepNorm)
     """
-    post = []
-    for op in graph.of_kind(OpKind.ADD):
-        res = residual(graph, op)
-        if res is None:
-            continue
-        stops = next_stops(graph, op)
-        kinds = {norm_kind(graph, s) for s in stops}
-        if not stops or not kinds <= set(_LAYER_NORMS) or branch_prenormalized(graph, res):
-            continue
-        attention = any(graph.op(n).kind in _ATTENTION for n in branch_ops(graph, res))
-        post.append((op, stops[0], kinds.pop(), attention))
+    post = post_ln_adds(graph)
     depth = sum(1 for *_, attention in post if attention)
     if depth == 0:
         return None
@@ -142,6 +132,27 @@ def post_ln(graph: ModelGraph) -> Issue | None:
     )
 
 
-def _block(module: str) -> str:
+def post_ln_adds(graph: ModelGraph) -> list[tuple]:
+    """The Post-LN residual adds in graph order, each as (add, the norm after it, its NormKind, whether its branch
+    has attention): shared with IL204's probe and repair."""
+    post = []
+    for op in graph.of_kind(OpKind.ADD):
+        res = residual(graph, op)
+        if res is None:
+            continue
+        stops = next_stops(graph, op)
+        kinds = {norm_kind(graph, s) for s in stops}
+        if not stops or not kinds <= set(_LAYER_NORMS) or branch_prenormalized(graph, res):
+            continue
+        attention = any(graph.op(n).kind in _ATTENTION for n in branch_ops(graph, res))
+        post.append((op, stops[0], kinds.pop(), attention))
+    return post
+
+
+def block_of(module: str) -> str:
+    """The block a module path belongs to: ``layers.3`` for ``layers.3.self_attn``; the path itself otherwise."""
     match = _BLOCK.match(module)
     return match.group(1) if match else module
+
+
+_block = block_of
