@@ -1,9 +1,10 @@
 """Lint time against depth, and a model too large to materialize linted from the ``meta`` device.
 
-    .venv/bin/python -m benchmarks.scale [--depths 10,100,1000] [--repeat 3] [--skip depth,meta]
+    .venv/bin/python -m benchmarks.scale [--depths 10,100,1000] [--repeat 3] [--skip depth,meta] [--clock cpu]
 
 1. Depth: an MLP (Linear-ReLU blocks) and a Pre-LN transformer (hand-written attention and MLP blocks) of 10,
-   100 and 1000 blocks, each stage of the lint timed on its own (capture, propagation, every rule). The time
+   100 and 1000 blocks, each stage of the lint timed on its own (capture, propagation, every rule), cold (the
+   memo caches emptied before each repeat, as a lint in a fresh process would find them). The time
    per op should be constant (linear time in depth): the spread, max/min - 1 over the depths, is printed
    against the 30% target, with each superlinear stage's growth exponent. A rule projected (from its own
    growth between the two previous depths) to take more than ``--budget`` seconds is not run at that depth.
@@ -34,6 +35,9 @@ from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 SPREAD_TARGET = 0.30
+# What the depth tables time with: wall time, or with ``--clock cpu`` this process's CPU time (the same on an idle
+# machine, torch being held to one thread, and not inflated by other processes on a shared one).
+CLOCK = [time.perf_counter]
 
 
 # -- models ------------------------------------------------------------------------------------------------------
@@ -120,36 +124,70 @@ class DepthRow:
         return 1e6 * sum(self.stages.values()) / self.ops
 
 
-def _median_time(fn, repeat: int):
+def _median_time(fn, repeat: int, cold: str = "initlint"):
+    """The median time of ``repeat`` calls of ``fn``, each run cold (:func:`_cold`), and the last value."""
     times, value = [], None
     for _ in range(repeat):
-        t = time.perf_counter()
+        _cold(cold)
+        t = CLOCK[0]()
         value = fn()
-        times.append(time.perf_counter() - t)
+        times.append(CLOCK[0]() - t)
     return statistics.median(times), value
+
+
+def _cold(prefix: str) -> None:
+    """Empties the ``functools.lru_cache`` memos of the modules under ``prefix``, so that a timed run pays for what
+    a lint computes in a fresh process rather than reading a previous repeat's results. (The softmax statistics
+    are cached per logit variance: the median of three runs, two of them cached, at 10 and 100 blocks against one
+    cold run at 1000 made propagation look quadratic in depth.)"""
+    for name, module in list(sys.modules.items()):
+        if name == prefix or name.startswith(prefix + "."):
+            for value in list(vars(module).values()):
+                if callable(getattr(value, "cache_clear", None)) and getattr(value, "__module__", None) == name:
+                    value.cache_clear()
+
+
+def _rule_times(graph, rules, repeat: int, again) -> dict:
+    """Each rule's median time over ``repeat`` runs of all of them, in order, on a graph just propagated, as in a
+    lint: with the graph's memo of patterns (:attr:`~initlint.graph.ModelGraph.memo`) shared by the rules, and the
+    caches as propagation leaves them. ``graph``: the one propagation just gave; ``again``: propagates anew
+    (untimed) for each further run."""
+    from initlint.check import check
+
+    times: dict = {r.code: [] for r in rules}
+    for i in range(repeat):
+        if i:
+            _cold("initlint")
+            graph = again()
+        for r in rules:
+            t = CLOCK[0]()
+            check(graph, [r])
+            times[r.code].append(CLOCK[0]() - t)
+    return {code: statistics.median(ts) for code, ts in times.items()}
 
 
 def depth_row(family: str, blocks: int, repeat: int, previous: list[DepthRow] = (), budget: float = 60.0) -> DepthRow:
     """Every stage of a lint, each rule on its own. A rule whose time, extrapolated from the two previous depths
     by its own growth exponent, would exceed ``budget`` seconds is not run at this depth (its projection is kept)."""
     from initlint.capture import capture
-    from initlint.check import check
     from initlint.load import from_instance
     from initlint.propagate import propagate
     from initlint.registry import discover
 
     torch.manual_seed(0)
     model, x = (mlp if family == "mlp" else transformer)(blocks)
-    t_cap, graph = _median_time(lambda: capture(from_instance(model, x)), repeat)
+    t_cap, captured = _median_time(lambda: capture(from_instance(model, x)), repeat)
     target = from_instance(model, x)
-    t_prop, graph = _median_time(lambda: propagate(graph, target.inputs, model=model), repeat)
-    rules, projected = {}, {}
+    t_prop, graph = _median_time(lambda: propagate(captured, target.inputs, model=model), repeat)
+    rules, projected, run = {}, {}, []
     for r in discover():
         guess = _project(r.code, len(graph), previous)
         if guess is not None and guess > budget:
             rules[r.code], projected[r.code] = None, guess
-            continue
-        rules[r.code] = _median_time(lambda: check(graph, [r]), repeat)[0]
+        else:
+            rules[r.code] = 0.0
+            run.append(r)
+    rules.update(_rule_times(graph, run, repeat, lambda: propagate(captured, target.inputs, model=model)))
     return DepthRow(family, blocks, len(graph), {"capture": t_cap, "propagate": t_prop}, rules, projected)
 
 
@@ -294,7 +332,10 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=60.0,
                     help="seconds: a rule projected to take longer at a depth is not run there (default 60)")
     ap.add_argument("--skip", default="", help="parts to skip: depth,meta")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="time the depth tables by wall time (default) or by this process's CPU time")
     args = ap.parse_args(argv)
+    CLOCK[0] = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(1)
     skip = set(args.skip.split(","))
     if "depth" not in skip:
