@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from ..findings import Finding
 from ..graph import ModelGraph
 from ..ops import Op, OpKind
@@ -20,7 +22,7 @@ from ..patterns import (
 )
 from . import repairs
 from .records import (
-    Context, Edit, Measurement, Needs, ScaleAfter, Unrepairable, badness, finding_op, finite, judge, ratio,
+    Context, Edit, Measurement, Needs, ScaleAfter, Tap, Unrepairable, badness, finding_op, finite, judge, ratio,
 )
 
 # IL101: a layer's effective weight second moment (measured forward gain / fan-in) 10x or more outside the
@@ -206,11 +208,25 @@ def _parts(graph: ModelGraph, concat: Op) -> list[Op]:
             if graph.op(n).kind not in (OpKind.PARAM, OpKind.FACTORY)]
 
 
+def _slices(op: Op):
+    """A tap reduction: the second moment of each operand's slice of the concat's output, in operand order (what
+    the consumer sees, after any scale a repair inserted on an operand, a model input included)."""
+    params = op.params
+
+    def reduce(t: torch.Tensor):
+        sizes = list(getattr(params, "sizes", ()) or ())
+        dim = getattr(params, "dim", None)
+        if dim is None or len(sizes) != len(op.inputs) or not -t.dim() <= dim < t.dim() or sum(sizes) != t.shape[dim]:
+            return None
+        return [float(c.double().square().mean()) for c in torch.split(t, sizes, dim=dim)]
+    return reduce
+
+
 def concat_needs(graph: ModelGraph, finding: Finding) -> Needs:
     op = finding_op(graph, finding)
     if _width_finding(finding):
         return Needs.of(ops=[op.name, *op.inputs[:1]])
-    return Needs.of(ops=[p.name for p in _parts(graph, op)])
+    return Needs.of(ops=[p.name for p in _parts(graph, op)], taps=[Tap(op.name, "slices", _slices(op))])
 
 
 def concat_measure(ctx: Context, finding: Finding) -> Measurement:
@@ -222,7 +238,12 @@ def concat_measure(ctx: Context, finding: Finding) -> Measurement:
             return ctx.missing(f"the forward gain of `{op.module or op.name}`")
         factor = gain / (op.weight.fan_in * intended)
         return Measurement({"forward_gain": gain, "forward_gain_factor": factor}, judge(factor, WIDTH_FACTOR))
-    seconds = [ctx.second(p.name) for p in _parts(ctx.graph, op)]
+    slices = ctx.tap(op.name, "slices")
+    if slices is not None:  # each part's slice of the output, the first slice of a part used twice
+        first = {name: i for i, name in reversed(list(enumerate(op.inputs)))}
+        seconds = [slices[first[p.name]] for p in _parts(ctx.graph, op)]
+    else:
+        seconds = [ctx.second(p.name) for p in _parts(ctx.graph, op)]
     seconds = [s for s in seconds if s is not None and s > 0.0]
     if len(seconds) < 2:
         return ctx.missing("the concatenated inputs")

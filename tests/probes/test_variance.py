@@ -167,6 +167,39 @@ def test_concat_scale_mismatch_forced_on_matched_scales_not_reproduced(monkeypat
     assert found and all(f.probe.status is NOT_REPRODUCED for f in found)
 
 
+class RawUnits(nn.Module):
+    """Two model inputs concatenated as they come: one standardized, one in raw millimetres."""
+
+    def __init__(self, normalize=False):
+        super().__init__()
+        self.conv, self.normalize = nn.Conv2d(4, 8, 3, padding=1), normalize
+
+    def forward(self, rgb, depth_mm):
+        depth = (depth_mm - 1500.0) / 500.0 if self.normalize else depth_mm
+        return self.conv(torch.cat((rgb, depth), dim=1))
+
+
+def raw_inputs():
+    torch.manual_seed(1)
+    return torch.randn(2, 3, 16, 16), 1500.0 + 500.0 * torch.randn(2, 1, 16, 16)
+
+
+def test_concat_of_raw_model_inputs_confirmed_and_fixed():
+    # the fix scales a model input: read from the concat's own slices, after the inserted scale
+    torch.manual_seed(0)
+    f = one(RawUnits(), raw_inputs(), "IL203")
+    confirmed_and_fixed(f)
+    assert relative(f.probe.measured["second_moment_ratio"], f.predicted["second_moment_ratio"]) < 0.01
+    assert f.probe.after_fix["second_moment_ratio"] < 1.1
+
+
+def test_concat_of_raw_model_inputs_forced_on_normalized_not_reproduced(monkeypatch):
+    monkeypatch.setattr(rule_module("concat_scale_mismatch"), "MIN_RATIO", 1.0)
+    torch.manual_seed(0)
+    found = [f for f in probed(RawUnits(normalize=True), raw_inputs(), "IL203") if "second_moment_ratio" in f.predicted]
+    assert found and all(f.probe.status is NOT_REPRODUCED for f in found), [dict(f.probe.measured) for f in found]
+
+
 class Merge(nn.Module):
     """Two inputs of widths 16 and 48 concatenated into a layer initialized for the first one's width."""
 
