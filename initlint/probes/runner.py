@@ -222,6 +222,7 @@ class _Recorder(Recorder):
         self.values: dict[tuple[str, str], Any] = {}
         self.seen: set[int] = set()
         self.slots: list[Slot] = []  # the instrumented modules' slots pointing here, let go by close()
+        self.stop_after: int | None = None  # a forward-only pass ends once this many taps are read
 
     @property
     def instrumented(self) -> set[int] | None:
@@ -242,6 +243,8 @@ class _Recorder(Recorder):
             return
         for tap in self.fwd_taps.get(idx, ()):
             self.values[(tap.op, tap.key)] = tap.reduce(t.detach())
+        if self.stop_after is not None and len(self.values) >= self.stop_after:
+            raise _Enough
         if t.requires_grad and idx in self.bwd_taps:
             handle = t.register_hook(functools.partial(self._grad_taps, idx))
             if t.grad_fn is None:
@@ -284,13 +287,19 @@ class LowPrecisionProducts(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+class _Enough(BaseException):
+    """Raised by a forward-only pass's recorder once every tap is read: the rest of the forward is not run. A
+    BaseException, so that a model's own ``except Exception`` does not take it for a failure of its code."""
+
+
 def run_pass(runnable: Runnable, needs: Needs | None, device: torch.device, seed: int = 0,
              autocast: torch.dtype | None = None) -> Evidence:
     """One forward and backward pass of ``runnable`` recording ``needs`` (every op when ``needs`` is None).
 
-    With ``autocast`` (float16 or bfloat16), a forward pass only, under ``torch.autocast`` in that dtype. On the
-    CPU its matrix products and convolutions are computed as :class:`LowPrecisionProducts` says: the same values
-    (low-precision operands, float32 accumulation, a low-precision result) at float32 speed."""
+    With ``autocast`` (float16 or bfloat16), a forward pass only, under ``torch.autocast`` in that dtype, and only
+    as far as the last op it taps. On the CPU its matrix products and convolutions are computed as
+    :class:`LowPrecisionProducts` says: the same values (low-precision operands, float32 accumulation, a
+    low-precision result) at float32 speed."""
     graph = runnable.graph
     rec = _Recorder(graph, needs)
     if needs is not None and needs.empty:
@@ -299,11 +308,15 @@ def run_pass(runnable: Runnable, needs: Needs | None, device: torch.device, seed
     cast = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
     emulate = LowPrecisionProducts(autocast) if autocast is not None and device.type == "cpu" \
         else contextlib.nullcontext()
+    if autocast is not None and needs is not None and not needs.ops and not rec.bwd_taps:
+        rec.stop_after = len({(t.op, t.key) for t in needs.taps if t.op in rec.index})
     with preserved(runnable.model), grad, cast, emulate, quiet():
         seed_device(device, seed)
         try:
             grads = _run(runnable, graph, rec, device, seed, needs.params if needs is not None else frozenset(),
                          backward=autocast is None)
+        except _Enough:
+            grads = {}
         finally:
             rec.close()
     return Evidence(rec.signals(), dict(rec.values), grads)
