@@ -3,6 +3,7 @@ their re-measurement) against a bare forward and backward pass at the probe's ba
 in one run.
 
     .venv/bin/python -m benchmarks.probe_speed [--repeat 5] [--device cpu] [--models resmlp,convnet,encoder]
+                                               [--threads 1]
 
 For each model the lint is done once (capture, propagation, rules); then, alternately, the probe stage and a
 bare training step at the same inputs (``model(*x)``, the loss ``sum <y, r>``, ``autograd.grad`` with respect to
@@ -66,7 +67,21 @@ def encoder():
     return nn.TransformerEncoder(layer, 6, enable_nested_tensor=False), (torch.randn(32, 64, 256),)
 
 
-MODELS = {"resmlp": resmlp, "convnet": convnet, "encoder": encoder}
+def _example(cls, shape, **kw):
+    def build():
+        from initlint import examples as E
+
+        return getattr(E, cls)(**kw), (torch.randn(*shape),)
+
+    build.__doc__ = f"initlint.examples.{cls}({', '.join(f'{k}={v}' for k, v in kw.items())}) at {shape}"
+    return build
+
+
+MODELS = {"resmlp": resmlp, "convnet": convnet, "encoder": encoder,
+          # the working-size defective examples of ``benchmarks.speed`` (its probe rows), by their findings
+          "depthwise": _example("DepthwiseNet", (32, 3, 64, 64), channels=128),  # IL102, IL301, IL303
+          "checkerboard": _example("CheckerboardGenerator", (32, 32, 1, 1)),  # IL103: the layer alone
+          "dropout": _example("HandDropoutMLP", (32, 1024), width=1024)}  # IL206, IL303
 
 
 def bare_step(model: nn.Module, args: tuple, device: torch.device) -> None:
@@ -116,16 +131,19 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--models", default=",".join(MODELS), help=f"subset of: {', '.join(MODELS)}")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default; benchmarks.speed uses 1)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     print(f"device: {device}; medians of {args.repeat} runs; budget {BUDGET:g}x")
-    print(f"{'model':8s} {'capture':7s} {'findings':24s} {'inputs':18s} {'probe ms':>9s} {'bare ms':>8s} {'ratio':>6s}")
+    print(f"{'model':12s} {'capture':7s} {'findings':24s} {'inputs':18s} {'probe ms':>9s} {'bare ms':>8s} {'ratio':>6s}")
     worst = 0.0
     for name in args.models.split(","):
         row = measure(name, args.repeat, device)
         worst = max(worst, row["ratio"]) if math.isfinite(row["ratio"]) else math.inf
-        print(f"{row['model']:8s} {row['capture']:7s} {row['findings']:24s} {str(row['batch']):18s} "
+        print(f"{row['model']:12s} {row['capture']:7s} {row['findings']:24s} {str(row['batch']):18s} "
               f"{row['probe_ms']:9.1f} {row['bare_ms']:8.1f} {row['ratio']:6.2f}")
     return 0 if worst <= BUDGET else 1
 
