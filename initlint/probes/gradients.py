@@ -27,11 +27,15 @@ more lower, against the block as given alone, than before.
 IL105 runs a recurrent module alone on seeded random input of small amplitude (the recurrence's linear
 regime, which the init controls; tanh's own contraction at larger inputs is not the finding's claim) and
 compares the input gradient at the first and last steps for a loss on the last output. A hand-written
-recurrence is read from the shared pass: the gradient at the first and at the last use of its matrix.
+recurrence is read from a pass of the captured graph: the gradient at the first and at the last use of its
+matrix, on copies of the weights with the biases zeroed and the float inputs scaled by the same small
+amplitude (the linear regime), beside the shared pass's reading as given.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import re
 
@@ -335,9 +339,51 @@ def recurrent_measure(ctx: Context, finding: Finding) -> Measurement:
     first, last = ctx.backward_second(uses[0]), ctx.backward_second(uses[-1])
     if first is None or last is None or not last > 0:
         return ctx.missing("the gradient through the recurrence")
-    factor = math.sqrt(first / last)
-    numbers = {"gradient_factor": factor, "seq_len": float(len(uses))}
-    return Measurement(numbers, judge(badness(factor), RECURRENCE))
+    unit = math.sqrt(first / last)
+    small = _small_input_factor(ctx, uses[0], uses[-1])
+    factor = small if small is not None else unit
+    numbers = {"gradient_factor": factor, "unit_input_gradient_factor": unit, "seq_len": float(len(uses))}
+    detail = (f"gradient at the first use of the matrix over the last, {len(uses)} uses: "
+              + (f"{small:.3g} with the float inputs x{SMALL_INPUT:g} and the biases zeroed (the recurrence's "
+                 f"linear regime), {unit:.3g} as given" if small is not None else f"{unit:.3g} as given"))
+    return Measurement(numbers, judge(badness(factor), RECURRENCE), detail)
+
+
+def _small_input_factor(ctx: Context, first: str, last: str) -> float | None:
+    """The first/last gradient ratio of a hand-written recurrence from one more pass of the captured graph, on
+    copies of the weights with the biases zeroed and the float inputs scaled to ``SMALL_INPUT``: the
+    recurrence's linear regime, which the init controls (tanh's contraction at the example's amplitude, or at
+    its biases' offsets, is not the finding's claim). None where that pass cannot run."""
+    from torch.utils import _pytree as pytree
+
+    from .runner import run_pass
+
+    if ctx.runnable is None:
+        return None
+
+    def small(v):
+        return v * SMALL_INPUT if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+
+    r = ctx.runnable
+    if r.module is None:  # the hooks capture runs the user's model itself: no copy to zero the biases of
+        return None
+    args, kwargs = pytree.tree_map(small, (tuple(r.inputs.args), dict(r.inputs.kwargs)))
+    values = tuple(pytree.tree_map(small, list(r.values)))
+    module = copy.deepcopy(r.module)  # the graph on copies of the weights, biases zeroed
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.rpartition(".")[2].startswith("bias"):
+                p.zero_()
+    linear = dataclasses.replace(r.with_inputs(type(r.inputs)(args, kwargs, r.inputs.source), values), module=module,
+                                 cache={})  # not the instrumented original
+    try:
+        ev = run_pass(linear, Needs.of(ops=[first, last]), ctx.device, ctx.seed)
+    except Exception:  # noqa: BLE001 - the pass as given still speaks
+        return None
+    a, b = ev.signals.get(first), ev.signals.get(last)
+    if a is None or b is None or a.backward is None or b.backward is None or not b.backward.second > 0:
+        return None
+    return math.sqrt(a.backward.second / b.backward.second)
 
 
 def recurrent_repair(model, finding: Finding, graph: ModelGraph) -> tuple[Edit, ...]:

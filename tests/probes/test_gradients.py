@@ -194,3 +194,43 @@ def test_recurrent_radius_forced_on_a_near_one_radius_not_reproduced(monkeypatch
     f = one(model, torch.randn(2, 20, 16), "IL105")
     assert abs(f.predicted["spectral_radius"] - 0.95) < 1e-3
     assert f.probe.status is NOT_REPRODUCED, dict(f.probe.measured)
+
+
+class Loop(nn.Module):
+    """A tanh recurrence by hand, ``h = tanh(W_ih x_t + W_hh h)``: its input layer's biases offset every step."""
+
+    def __init__(self, orthogonal=False, hidden=48, steps=16):
+        super().__init__()
+        torch.manual_seed(0)
+        self.ih, self.hh = nn.Linear(8, hidden), nn.Linear(hidden, hidden, bias=False)
+        self.head = nn.Linear(hidden, 4)
+        if orthogonal:
+            nn.init.orthogonal_(self.hh.weight)
+        self.hidden, self.steps = hidden, steps
+
+    def forward(self, x):
+        h = torch.zeros(x.shape[0], self.hidden)
+        for t in range(self.steps):
+            h = torch.tanh(self.ih(x[:, t]) + self.hh(h))
+        return self.head(h)
+
+
+def test_hand_written_recurrence_measured_in_its_linear_regime_confirmed_and_fixed():
+    f = one(Loop(), torch.randn(2, 16, 8), "IL105")
+    confirmed_and_fixed(f)
+    m = f.probe.measured
+    # inputs x0.01 and biases zeroed: the linear recurrence, within 3x of radius^16; as given tanh and the
+    # biases' offsets contract it 10x-50x more
+    assert f.predicted["gradient_factor"] / 3 < m["gradient_factor"] < 3 * f.predicted["gradient_factor"], m
+    assert m["unit_input_gradient_factor"] < m["gradient_factor"] / 10, m
+    assert 0.5 < f.probe.after_fix["gradient_factor"] < 2.0  # orthogonal: radius 1 in the linear regime
+
+
+def test_hand_written_recurrence_forced_on_orthogonal_not_reproduced():
+    from initlint.capture import capture
+    from initlint.load import from_instance
+
+    model, x = Loop(orthogonal=True), torch.randn(2, 16, 8)
+    hh = next(op.name for op in capture(from_instance(model, x)) if op.module == "hh")
+    f = forced(model, x, "IL105", hh, {"gradient_factor": 1e-4})
+    assert f.probe.status is NOT_REPRODUCED, (dict(f.probe.measured), f.probe.detail)
