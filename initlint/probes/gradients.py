@@ -38,6 +38,7 @@ import copy
 import dataclasses
 import math
 import re
+import warnings
 
 import torch
 from torch import nn
@@ -369,7 +370,9 @@ def _small_input_factor(ctx: Context, first: str, last: str) -> float | None:
         return None
     args, kwargs = pytree.tree_map(small, (tuple(r.inputs.args), dict(r.inputs.kwargs)))
     values = tuple(pytree.tree_map(small, list(r.values)))
-    module = copy.deepcopy(r.module)  # the graph on copies of the weights, biases zeroed
+    with warnings.catch_warnings():  # copying an exported module warns about its input spec's pytree classes
+        warnings.simplefilter("ignore", FutureWarning)
+        module = copy.deepcopy(r.module)  # the graph on copies of the weights, biases zeroed
     with torch.no_grad():
         for name, p in module.named_parameters():
             if name.rpartition(".")[2].startswith("bias"):
