@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..findings import Finding
+from ..findings import Finding, ProbeStatus
 from ..graph import ModelGraph
 from ..ops import OpKind
 from ..patterns import Block, relative, repeated_blocks, residual
@@ -73,6 +73,11 @@ def clone_needs(graph: ModelGraph, finding: Finding) -> Needs:
 def clone_measure(ctx: Context, finding: Finding) -> Measurement:
     blocks = clone_blocks(ctx.graph, finding)
     branches = [_branches(ctx.graph, b) for b in blocks]
+    if not any(branches):
+        return Measurement({"blocks": float(len(blocks))}, ProbeStatus.INCONCLUSIVE,
+                           "the cloned blocks hold no residual add, so they contribute to no residual stream: the "
+                           "correlated contributions the finding states have nothing to be measured on (chained "
+                           "copies without a residual measured no different from independent blocks)")
     if not all(branches) or len({len(b) for b in branches}) != 1:
         return ctx.missing("a residual branch in each cloned block")
     cosines = []
