@@ -8,6 +8,7 @@ being built, the line that assigned each submodule.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import sys
@@ -32,6 +33,7 @@ def _is_own(path: str) -> bool:
     return path.startswith(_OWN_DIR) and not path.startswith(_EXAMPLES_DIR)
 
 
+@functools.lru_cache(maxsize=1024)  # asked for every frame of every traced op
 def is_user_file(path: str) -> bool:
     """False for torch, initlint itself, the standard library and generated code."""
     if not path or path.startswith("<"):
@@ -45,8 +47,13 @@ def is_user_file(path: str) -> bool:
 
 def display_path(path: str) -> str:
     """Relative to the working directory when below it, as linters show paths."""
+    return _display_path(path, os.getcwd())
+
+
+@functools.lru_cache(maxsize=1024)
+def _display_path(path: str, cwd: str) -> str:
     try:
-        rel = os.path.relpath(path)
+        rel = os.path.relpath(path, cwd)
     except ValueError:
         return path
     return path if rel.startswith("..") else rel

@@ -15,5 +15,5 @@ pipq() {
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 pipq --upgrade pip
 pipq "${TORCH_SPEC:-torch==2.13.0}"
-pipq -e ".[dev]"
+pipq -c scripts/constraints.txt -e ".[dev]"
 exec .venv/bin/python -m pytest "$@"

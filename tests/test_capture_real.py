@@ -26,15 +26,16 @@ EXPECTED_CAPTURE = {
     "bert": Capture.EXPORT, "distilbert": Capture.EXPORT, "gpt2": Capture.EXPORT, "llama": Capture.EXPORT,
     "t5_encoder": Capture.EXPORT, "vit": Capture.EXPORT,
 }
-# Llama computes its rotary tables under torch.no_grad(), which export keeps as an opaque higher-order op.
-EXPECTED_UNKNOWN = {"llama": ("torch.wrap_with_set_grad_enabled",)}
+# transformers 4.x computed Llama's rotary tables under torch.no_grad(), which export keeps as an opaque
+# higher-order op; 5.x does not (scripts/constraints.txt pins the release the suite runs on).
+ALLOWED_UNKNOWN = {"llama": {"torch.wrap_with_set_grad_enabled"}}
 
 
 @pytest.mark.parametrize("name", sorted(R.ALL))
 def test_every_real_model_is_captured(name):
     g = graph(name)
     assert g.capture is EXPECTED_CAPTURE[name]
-    assert g.unknown == EXPECTED_UNKNOWN.get(name, ())
+    assert set(g.unknown) <= ALLOWED_UNKNOWN.get(name, set())
     assert g.of_kind(OpKind.OUTPUT)[0].inputs, "the output is connected"
     weighted = g.of_kind(OpKind.LINEAR, OpKind.CONV, OpKind.EMBEDDING, OpKind.RECURRENT)
     assert weighted and all(op.weight is not None and op.module for op in weighted)
