@@ -256,8 +256,16 @@ def _instrumented(program: Program, graph: ModelGraph) -> tuple[torch.fx.GraphMo
     key = ("instrumented", tuple(graph.ops))
     if key not in program.cache:
         slot = Slot()
-        program.cache[key] = (_instrument(program.module(), graph, slot, program.prefix), slot)
+        program.cache[key] = (_instrument(unlifted(program), graph, slot, program.prefix), slot)
     return program.cache[key]
+
+
+def unlifted(program: Program) -> torch.fx.GraphModule | None:
+    """``program.module()``, made once per program and kept in its cache: unlifting an exported program costs a
+    hundred times a small model's step. Callers build new modules over it, never edit it."""
+    if "module" not in program.cache:
+        program.cache["module"] = program.module()
+    return program.cache["module"]
 
 
 def _instrument(gm: torch.fx.GraphModule, graph: ModelGraph, slot: Slot, prefix: str) -> torch.fx.GraphModule:

@@ -46,7 +46,7 @@ from ..graph import ModelGraph
 from ..inputs import ExampleInputs
 from ..measure import (
     Recorder, Slot, device_of, first_tensor, gradient_leaves, prepare_input, quiet, seed_device,
-    surrogate_loss,
+    surrogate_loss, unlifted,
 )
 from ..ops import Capture, OpKind
 from ..state import preserved
@@ -91,17 +91,23 @@ class Runnable:
 
     @classmethod
     def _of(cls, program: Program, graph: ModelGraph, model: nn.Module, edits: Sequence[Edit]) -> "Runnable":
-        if program.capture is Capture.FX:
-            module = torch.fx.GraphModule(model, copy.deepcopy(program.graph_module.graph),
-                                          type(program.graph_module).__name__)
-        elif program.capture is Capture.EXPORT:
-            module = program.module()
-            if model is not program.model:
-                _rebind(module, model, program.prefix)
-        else:
+        if program.capture is Capture.HOOKS:
             if edits:
                 raise ValueError("structural edits need a captured graph")
             return cls(program.capture, graph, model, None, program.inputs)
+        base = program.graph_module if program.capture is Capture.FX else unlifted(program)
+        if model is program.model and not edits:
+            module = base  # the program's own module, never edited
+        else:
+            # a new module over a copy of the graph: attributes are copied from ``base`` (for fx, from ``model``),
+            # so rebinding the copy's parameters or editing its graph leaves ``base`` as it was. An exported
+            # program is not unlifted again (``ExportedProgram.module()`` costs 100x a small model's step).
+            root = model if program.capture is Capture.FX else base
+            with quiet():  # copying an exported graph's input spec warns about its pytree classes
+                graph_copy = copy.deepcopy(base.graph)
+            module = torch.fx.GraphModule(root, graph_copy, type(base).__name__)
+            if program.capture is Capture.EXPORT and model is not program.model:
+                _rebind(module, model, program.prefix)
         edited = _apply_edits(module, edits) if edits else {}
         return cls(program.capture, graph, model, module, program.inputs, tuple(program.values), program.prefix,
                    edited, tuple(edits))
@@ -376,7 +382,8 @@ def instrument(gm: torch.fx.GraphModule, graph: ModelGraph, slot: Any, prefix: s
                edited: dict | None = None) -> torch.fx.GraphModule:
     """A copy of ``gm`` (sharing its modules and parameters) with ``slot(value, op index)`` after every op, the
     index being the op's position in ``graph``; an op that a structural edit rescaled is read after the edit."""
-    g = copy.deepcopy(gm.graph)
+    with quiet():
+        g = copy.deepcopy(gm.graph)
     index = {name: i for i, name in enumerate(graph.ops)}
     by_name = {n.name: n for n in g.nodes}
     moved = {op: by_name[node.name] for op, node in (edited or {}).items() if node.name in by_name}
