@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .findings import Finding, Issue
 from .graph import ModelGraph
@@ -36,8 +36,36 @@ def check(graph: ModelGraph, rules: Sequence[Rule]) -> tuple[list[Finding], list
                 continue
             for issue in _issues(result):
                 findings.append(_finding(r, issue, op, graph))
+    findings = merge_repeats(findings, graph)
     findings.sort(key=lambda f: f.sort_key)
     return findings, failures
+
+
+def merge_repeats(findings: list[Finding], graph: ModelGraph) -> list[Finding]:
+    """One finding per defect in the source: the same rule at the same line with the same fix, reached once
+    per iteration of a loop (`for layer in self.layers: x = x * mask`), is reported once, at its first op,
+    with the count. Findings whose fixes differ (each names its own parameter) stay apart."""
+    groups: dict[tuple, list[Finding]] = {}
+    for f in findings:
+        loc = f.location
+        key = (f.code, loc.file, loc.line, f.fix.code if f.fix else None) if loc is not None else (id(f),)
+        groups.setdefault(key, []).append(f)
+    merged = []
+    for group in groups.values():
+        if len(group) == 1:
+            merged.append(group[0])
+            continue
+        group.sort(key=lambda f: (-f.severity.rank, graph.position(f.op) if f.op in graph.ops else 0))
+        first, rest = group[0], group[1:]
+        by_module = len({f.module for f in group}) == len(group)  # one instance per block: name the blocks
+        names = ", ".join(f"`{f.module if by_module else f.op}`" for f in rest[:3])
+        names += f" and {len(rest) - 3} more" if len(rest) > 3 else ""
+        merged.append(replace(
+            first,
+            message=f"{first.message} (this line runs {len(group)} times: also {'in ' if by_module else ''}{names})",
+            predicted={**first.predicted, "repeats": len(group)},
+        ))
+    return merged
 
 
 def _issues(result) -> list[Issue]:
