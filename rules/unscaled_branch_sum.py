@@ -196,8 +196,17 @@ def _add_tree(graph: ModelGraph, op: Op) -> list[Op] | None:
 
 
 def _inner(graph: ModelGraph, parent: Op, child: Op) -> bool:
-    """Whether ``child``, an add feeding only ``parent``, belongs to ``parent``'s tree (a residual does not)."""
-    return residual(graph, child) is None and projected_residual(graph, child) is None
+    """Whether ``child``, an add feeding only ``parent``, belongs to ``parent``'s tree (a residual does not).
+
+    ``proj(x) + f(x)`` alone is a ResNet downsampling block (IL201's); with a third branch of the same ``x``
+    added, ``b1(x) + b2(x) + b3(x)``, it is a sum of three parallel branches (an Inception block)."""
+    if residual(graph, child) is not None:
+        return False
+    res = projected_residual(graph, child)
+    if res is None:
+        return True
+    floor = graph.position(res.skip)
+    return any(res.skip.name in graph.ancestors_from(graph.op(n), floor) for n in parent.inputs if n != child.name)
 
 
 def _stacked_sum(graph: ModelGraph, op: Op) -> list[Op] | None:
