@@ -389,13 +389,16 @@ class DeepCopied(nn.Module):
 
 
 class ConvBlock(nn.Module):
+    """A residual conv block, ``x + relu(bn(conv(x)))``: the copies add into one stream. (Copies of a plain
+    conv-BN-ReLU stack add into nothing and are IL107's `info`; tests/rules/test_cloned_layer_init.py.)"""
+
     def __init__(self, c: int = 16):
         super().__init__()
         self.conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(c)
 
     def forward(self, x):
-        return F.relu(self.bn(self.conv(x)))
+        return x + F.relu(self.bn(self.conv(x)))
 
 
 class StateCopied(nn.Module):

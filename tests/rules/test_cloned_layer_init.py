@@ -122,3 +122,45 @@ def test_independent_blocks_and_tied_weights_are_clean():
     x = torch.randn(2, 16)
     assert findings(Stack(), x) == []
     assert findings(Stack(tie=True), x) == []
+
+
+class ConvBNReLU(nn.Module):
+    def __init__(self, residual: bool, c: int = 16):
+        super().__init__()
+        self.conv, self.bn, self.residual = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), residual
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.conv(x)))
+        return x + y if self.residual else y
+
+
+class Stack(nn.Module):
+    def __init__(self, residual: bool):
+        super().__init__()
+        self.body = nn.Sequential(*[ConvBNReLU(residual) for _ in range(4)])
+        for b in self.body[1:]:
+            b.load_state_dict(self.body[0].state_dict())
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def state_copied(residual: bool):
+    torch.manual_seed(0)
+    return Stack(residual), torch.randn(2, 16, 16, 16)
+
+
+def test_copies_loaded_with_load_state_dict_into_a_residual_stream_are_a_warning():
+    (f,) = findings(*state_copied(residual=True))
+    assert f.severity is Severity.WARNING and "contributions to the residual stream are correlated" in f.message
+
+
+def test_near_miss_copies_in_a_plain_stack_are_only_info():
+    """No residual stream for the copies to correlate in: their outputs measured no more alike than
+    independent blocks' (the rule's docs), so the copy is noted, not warned about."""
+    (f,) = findings(*state_copied(residual=False))
+    assert f.severity is Severity.INFO and "no residual add" in f.message
+    model, x = state_copied(residual=False)
+    for b in model.body:
+        reinit(b)
+    assert findings(model, x) == []
