@@ -125,7 +125,16 @@ def matched(rule: Rule, mean: float, second: float) -> Rule:
     var, target = m.second - m.mean * m.mean, second - mean * mean
     if var <= 0 or target < 0 or not math.isfinite(target):
         return rule
-    return Rule(mean + (rule.nodes - m.mean) * math.sqrt(target / var), rule.weights, rule.gaussian)
+    nodes = mean + (rule.nodes - m.mean) * math.sqrt(target / var)
+    if mean >= 0 and bool((rule.nodes >= 0).all()) and bool((nodes < 0).any()):
+        # A nonnegative variable (a mean of squares) stays nonnegative: stretching its grid to the exact
+        # variance must not push its lowest nodes below zero, where rsqrt and log explode. Clamp them and keep
+        # the mean exact; the variance loses what the clamped nodes carried.
+        nodes = nodes.clamp(min=0.0)
+        total = float((rule.weights * nodes).sum())
+        if total > 0:
+            nodes = nodes * (mean / total)
+    return Rule(nodes, rule.weights, rule.gaussian)
 
 
 def compress(nodes: torch.Tensor, weights: torch.Tensor, size: int = NODES) -> Rule:

@@ -257,6 +257,21 @@ def test_hand_written_rmsnorm_comes_out_as_its_weight():
     assert _rel(g.signal(out).forward.second, 9.0) < JENSEN
 
 
+def test_rsqrt_of_a_narrow_mean_of_squares_after_dropout_stays_finite():
+    """Width 16 after dropout: the mean of squares is a wide Gamma whose grid, stretched to the exact
+    variance, once put nodes below zero, and rsqrt of those made the prediction 1e20 (found by the fuzz)."""
+    model = nn.Sequential(nn.Dropout(0.1), RMSNormByHand(16))
+    x = torch.randn(4, 8, 16)
+    g = _graph(model, x, stats=True)
+    rsqrt = next(op for op in g if op.kind is OpKind.MATH and op.params.fn.name == "RSQRT")
+    xs = []
+    for seed in range(200):  # the dropout masks' expectation
+        torch.manual_seed(seed)
+        h = model[0](x)
+        xs.append(torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6).pow(2).mean())
+    assert _rel(g.signal(rsqrt).forward.second, torch.stack(xs).mean().item()) < 0.05
+
+
 def test_batchnorm_relu_conv_gradients_grow_by_pi_over_pi_minus_one():  # mean field of BatchNorm (Yang 2019)
     layers = [nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
               for _ in range(3)]
