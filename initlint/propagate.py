@@ -155,7 +155,11 @@ def _settle(op: Op, step: Step, ins: list[Est], ctx: Ctx, ests: dict[str, Est]) 
     requires = floating and op.kind not in _NO_GRAD and (
         op.kind is OpKind.INPUT or _trainable(op)
         or any(e.requires_grad and g is not None for e, g in zip(ins, grads)))
-    cf = step.channels_first if step.channels_first is not None else (ins[0].channels_first if ins else False)
+    # The layout follows the operands: a conv feature map keeps its channels at dim 1 through `x + f(x)` even
+    # when the first operand is the model's input, whose layout nothing declared.
+    cf = step.channels_first
+    if cf is None:
+        cf = bool(ins) and (ins[0].channels_first or any(e.channels_first and e.shape == op.shape for e in ins[1:]))
     if math.isnan(second) or math.isnan(mean):
         second = mean = float("nan")
     rows = step.rows if step.rows is not None else _rows(op, ins, second)

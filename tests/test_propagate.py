@@ -272,6 +272,28 @@ def test_rsqrt_of_a_narrow_mean_of_squares_after_dropout_stays_finite():
     assert _rel(g.signal(rsqrt).forward.second, torch.stack(xs).mean().item()) < 0.05
 
 
+def test_spatial_mean_of_a_residual_sum_keeps_the_branch_channel_offsets():
+    """(x + f(x)).mean((2, 3)) with the input first: the add is a conv feature map (channels at dim 1), so the
+    spatial mean keeps the per-channel offsets f builds up (SiLU's positive mean through the 1x1 conv) instead
+    of averaging them away as if channels were the last dim (predicted 0.095 against 0.38 before)."""
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(32, 32, 3, padding=1), nn.Conv2d(32, 32, 1)
+            nn.init.kaiming_uniform_(self.c1.weight, nonlinearity="relu")
+            nn.init.xavier_normal_(self.c2.weight, gain=2.0)
+
+        def forward(self, x):
+            return (x + self.c2(torch.nn.functional.silu(self.c1(x)))).mean((2, 3))
+
+    model, x = Block(), torch.randn(4, 32, 8, 8)
+    g = _graph(model, x, stats=True)
+    with torch.no_grad():
+        measured = model(x).pow(2).mean().item()
+    assert _rel(g.signal(_first(g, OpKind.REDUCE)).forward.second, measured) < 0.3  # 4 samples, 32 channels
+
+
 def test_batchnorm_relu_conv_gradients_grow_by_pi_over_pi_minus_one():  # mean field of BatchNorm (Yang 2019)
     layers = [nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
               for _ in range(3)]
