@@ -194,11 +194,15 @@ def _overflow(graph: ModelGraph, over: list[_Range]) -> Issue:
 def _underflow(graph: ModelGraph, small: list[_Range], zeros: list[_Range]) -> Issue:
     first = small[0]
     name = _name(first.op)
-    message = (f"`{name}` has predicted std {sig(first.std)} at init, {sig(FP16_TINY / first.std)}x below float16's "
+    # A constant (a zero-initialized layer's bias alone) has no spread: its size is its value.
+    scale = first.std if first.std > 0 else math.sqrt(max(graph.signal(first.op).forward.second, 0.0))
+    size = f"has predicted std {sig(scale)}" if first.std > 0 else f"is a constant of magnitude {sig(scale)}"
+    below = f"{sig(FP16_TINY / scale)}x below" if scale > 0 else "below"
+    message = (f"`{name}` {size} at init, {below} float16's "
                f"smallest normal value 6.1e-05: {_pct(first.small)} of its nonzero values are subnormal in float16, "
                f"with fewer significant bits")
-    predicted = {"std": first.std, "tiny_over_std": FP16_TINY / first.std, "subnormal_fraction": first.small,
-                 "bf16_holds": first.bf16_ok}
+    predicted = {"std": scale, "tiny_over_std": FP16_TINY / scale if scale > 0 else math.inf,
+                 "subnormal_fraction": first.small, "bf16_holds": first.bf16_ok}
     if zeros:
         z = zeros[0]
         message += f"; from `{_name(z.op)}` (std {sig(z.std)}) {_pct(z.zero)} round to zero"

@@ -160,3 +160,14 @@ def test_a_model_on_the_meta_device_has_no_statistics_to_judge():
         model = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10))
     report = lint(model, None, select=["IL301"], input_shapes=[[4, 64]])
     assert report.targets[0].error is None and report.findings == []
+
+
+def test_a_tiny_constant_is_reported_by_its_magnitude_not_divided_by_its_zero_std():
+    """A zero-initialized layer whose bias is 1e-6: every output is 1e-6, subnormal in float16, with no spread
+    (found by the fuzz as a ZeroDivisionError, from an RMSNorm's eps over a zero input)."""
+    layer = nn.Linear(16, 16)
+    nn.init.zeros_(layer.weight)
+    nn.init.constant_(layer.bias, 1e-6)
+    (f,) = [f for f in lint(nn.Sequential(nn.Linear(16, 16), layer), torch.randn(8, 16), select=["IL301"]).findings]
+    assert "is a constant of magnitude 1.00e-06 at init, 61x below float16's smallest normal" in f.message
+    assert f.predicted["std"] == pytest.approx(1e-6) and f.predicted["subnormal_fraction"] == 1.0
