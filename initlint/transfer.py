@@ -290,6 +290,21 @@ def _over_stack(op: Op, ctx: Ctx) -> bool:
     return {d % rank for d in op.params.dims} == {p.dim % rank} and len(set(src.inputs)) == len(src.inputs)
 
 
+def _normalized_away(op: Op, ctx: Ctx) -> tuple[float, float] | None:
+    """``(mean, variance across channels)`` of the bias, when ``op`` averages an InstanceNorm's output (or a
+    GroupNorm's of one channel per group) over exactly the dimensions it normalized: each sample's channel
+    mean there is zero before the affine, so the average is the channel's bias, whatever the input."""
+    src = ctx.graph.op(op.inputs[0])
+    p = src.params
+    if src.kind is not OpKind.NORM or p is None or not src.shape or len(src.shape) < 3 or not op.params.dims:
+        return None
+    per_channel = p.kind is NormKind.INSTANCE or (p.kind is NormKind.GROUP and p.num_groups == p.num_features)
+    rank = len(src.shape)
+    if not per_channel or {d % rank for d in op.params.dims} != set(range(2, rank)):
+        return None
+    return (src.bias.mean, src.bias.variance) if src.bias is not None else (0.0, 0.0)
+
+
 def _reduce(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
     x, kind = ins[0], op.params.kind
     n = op.params.count or (x.numel // op.numel if x.numel and op.numel else None)
@@ -303,6 +318,11 @@ def _reduce(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
         var = x.variance / n
     if kind in (Reduction.MEAN, Reduction.SUM):
         c = 1.0 if kind is Reduction.MEAN else float(n)
+        exact = _normalized_away(op, ctx)
+        if exact is not None:  # the norm made this mean exactly its bias: a constant per channel
+            mb, vb = exact
+            return Step(c * c * (mb * mb + vb), c * mb, c * c * vb, rule=gaussian(c * mb, c * c * vb),
+                        grads=(Factor((c / n) ** 2),))
         rule = (gamma if nonneg else gaussian)(c * x.mean, c * c * var)
         return Step(c * c * (x.mean**2 + var), c * x.mean, c * c * u, rule=rule, grads=(Factor((c / n) ** 2),))
     if kind in (Reduction.MAX, Reduction.MIN):

@@ -294,6 +294,34 @@ def test_spatial_mean_of_a_residual_sum_keeps_the_branch_channel_offsets():
     assert _rel(g.signal(_first(g, OpKind.REDUCE)).forward.second, measured) < 0.3  # 4 samples, 32 channels
 
 
+@pytest.mark.parametrize("norm", ["instance", "instance_affine", "group_per_channel"])
+def test_spatial_mean_after_instance_norm_is_exactly_the_bias(norm):
+    """InstanceNorm removes each sample's channel mean over the spatial dims, so their average there is the
+    affine bias exactly (zero without affine), not a 1/(h w) share of the variance (the fuzz: 28 of 1000)."""
+    make = {"instance": lambda: nn.InstanceNorm2d(16), "instance_affine": lambda: nn.InstanceNorm2d(16, affine=True),
+            "group_per_channel": lambda: nn.GroupNorm(16, 16)}[norm]
+    n = make()
+    if getattr(n, "bias", None) is not None:
+        nn.init.normal_(n.bias, std=0.3)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), n)
+    x = torch.randn(4, 3, 8, 8)
+    target = from_instance(_SpatialMean(model), x)
+    g = propagate(capture(target), target.inputs, model=target.model)
+    with torch.no_grad():
+        measured = model(x).mean((2, 3)).pow(2).mean().item()
+    predicted = g.signal(_first(g, OpKind.REDUCE)).forward.second
+    assert predicted == pytest.approx(measured, rel=1e-4, abs=1e-12)
+
+
+class _SpatialMean(nn.Module):
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        return self.body(x).mean((2, 3))
+
+
 def test_batchnorm_relu_conv_gradients_grow_by_pi_over_pi_minus_one():  # mean field of BatchNorm (Yang 2019)
     layers = [nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
               for _ in range(3)]
