@@ -200,10 +200,15 @@ def activation(params: ActivationParams) -> Fn:
 # backward pass per call (100 us), paid at every activation of every model and again by the rules.
 _SLOPES: dict[Activation, Callable[[ActivationParams, torch.Tensor, torch.Tensor], torch.Tensor]] = {
     Activation.RELU: lambda p, x, y: (x > 0).to(x.dtype),
+    Activation.RELU6: lambda p, x, y: ((x > 0) & (x < 6)).to(x.dtype),  # hardtanh_backward's mask
+    Activation.HARDTANH: lambda p, x, y: ((x > (-1.0 if p.min_val is None else p.min_val))
+                                          & (x < (1.0 if p.max_val is None else p.max_val))).to(x.dtype),
     Activation.TANH: lambda p, x, y: 1 - y * y,
     Activation.SIGMOID: lambda p, x, y: (1 - y) * y,
     Activation.IDENTITY: lambda p, x, y: torch.ones_like(x),
 }
+# Those of them that equal autograd's slopes bit for bit (masks of zeros and ones), for callers that must.
+_EXACT_SLOPES = frozenset({Activation.RELU, Activation.RELU6, Activation.HARDTANH, Activation.IDENTITY})
 
 
 def activation_with_derivative(params: ActivationParams, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,6 +220,16 @@ def activation_with_derivative(params: ActivationParams, x: torch.Tensor) -> tup
     x = x.detach()
     y = activation(params)(x)
     return y, slope(params, x, y)
+
+
+def exact_derivative(params: ActivationParams, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An activation's values and slopes, exactly as :func:`with_derivative` gives them, without autograd for
+    the piecewise-linear ones."""
+    if params.fn not in _EXACT_SLOPES:
+        return with_derivative(activation(params), x)
+    x = x.detach()
+    y = activation(params)(x)
+    return y, _SLOPES[params.fn](params, x, y)
 
 
 def with_derivative(fn: Fn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,4 +262,4 @@ def _activation_gain(params: ActivationParams, mean: float, variance: float) -> 
 
 __all__ = ["Rule", "Gain", "gaussian", "gamma", "uniform", "bernoulli", "point", "mixture", "max_of", "matched",
            "compress",
-           "interpolate", "activation", "activation_gain", "activation_with_derivative", "with_derivative"]
+           "interpolate", "activation", "activation_gain", "activation_with_derivative", "exact_derivative", "with_derivative"]

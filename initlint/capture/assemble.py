@@ -49,6 +49,9 @@ class Assembler:
     def qualname_of(self, tensor: torch.Tensor) -> str | None:
         return self._param_names.get(id(tensor))
 
+    def module_at(self, path: str) -> nn.Module | None:
+        return self._modules.get(path)
+
     def _type_of(self, path: str) -> str:
         m = self._modules.get(path)
         return type(m).__name__ if m is not None else ""

@@ -21,6 +21,11 @@ from ..sources import user_frame
 from .assemble import OPAQUE, Assembler, shape_and_dtype
 from .normalize import Call, Ref, display_target, function_name, is_known_leaf
 
+try:  # generates the module's Python code on its first call, not at construction: a lint never calls it
+    from torch.fx._lazy_graph_module import _LazyGraphModule as _GraphModule
+except ImportError:  # pragma: no cover - torch before 2.3
+    _GraphModule = torch.fx.GraphModule
+
 _LOC = "initlint_location"
 _SHAPE = "initlint_shape"
 
@@ -51,7 +56,7 @@ def trace(model: nn.Module, inputs: ExampleInputs) -> tuple[torch.fx.GraphModule
         raise TypeError("forward takes *args or **kwargs, which symbolic tracing cannot bind")
     tracer = Tracer()
     graph = tracer.trace(model, concrete_args=concrete or None)
-    gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm = _GraphModule(tracer.root, graph, type(model).__name__)
     values = [bound.arguments[n.target] for n in graph.nodes if n.op == "placeholder" and n.target in bound.arguments]
     return gm, values
 
@@ -82,6 +87,12 @@ def propagate_shapes(gm: torch.fx.GraphModule, values: list[Any]) -> None:
 
 def to_graph(gm: torch.fx.GraphModule, model: nn.Module, name: str, sites: dict[int, Location],
              notes: tuple[str, ...] = ()):
+    with torch.no_grad():  # weight statistics: the same values, without autograd's bookkeeping on each call
+        return _to_graph(gm, model, name, sites, notes)
+
+
+def _to_graph(gm: torch.fx.GraphModule, model: nn.Module, name: str, sites: dict[int, Location],
+              notes: tuple[str, ...]):
     asm = Assembler(model, sites)
     env: dict[str, Any] = {}
 
@@ -109,7 +120,9 @@ def to_graph(gm: torch.fx.GraphModule, model: nn.Module, name: str, sites: dict[
             else:
                 env[node.name] = value
         elif node.op == "call_module":
-            leaf = gm.get_submodule(node.target)
+            leaf = asm.module_at(node.target)
+            if leaf is None:
+                leaf = gm.get_submodule(node.target)
             call = Call(type(leaf).__name__, list(resolve(node.args)), dict(resolve(node.kwargs)))
             env[node.name] = asm.call(node.name, call, f"nn.{type(leaf).__name__}", node.target, loc, shape, dtype,
                                       leaf=leaf)
