@@ -189,25 +189,10 @@ def test_residuals_embedding_sums_and_normalized_branches_are_not_branch_sums():
 def test_inception_block_whose_first_two_branches_look_like_a_projection_shortcut_counts_three_branches():
     """b1(x) + b2(x) + b3(x) with b1 a 1x1 conv and b2 conv-relu-conv: (b1 + b2) alone reads as ResNet's
     projection block, but the third branch of the same x makes the whole a sum of three."""
-
-    class Inception(nn.Module):
-        def __init__(self, c=24):
-            super().__init__()
-            self.b1 = nn.Conv2d(c, c, 1)
-            self.b2 = nn.Sequential(nn.Conv2d(c, c, 1), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1))
-            self.b3 = nn.Sequential(nn.AvgPool2d(3, 1, 1), nn.Conv2d(c, c, 1))
-            for m in self.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, nonlinearity="relu" if m is self.b2[0] else "linear")
-                    nn.init.zeros_(m.bias)
-            with torch.no_grad():
-                self.b3[1].weight.mul_(2.0)  # average pooling over 9 positions divides its variance
-
-        def forward(self, x):
-            return self.b1(x) + self.b2(x) + self.b3(x)
+    from benchmarks.cases.streams import Inception  # the benchmark's IL202/inception-explicit block
 
     torch.manual_seed(0)
-    model, x = nn.Sequential(Inception(), nn.Conv2d(24, 4, 1)), torch.randn(2, 24, 8, 8)
+    model, x = nn.Sequential(Inception(scaled=False), nn.Conv2d(24, 4, 1)), torch.randn(2, 24, 8, 8)
     (f,) = findings(model, x)
     assert f.predicted["branches"] == 3
     assert f.predicted["factor"] == pytest.approx(3.0, rel=THEORY_TOL)
