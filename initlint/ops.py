@@ -409,7 +409,10 @@ class WeightStats:
             m = f.mean()
             c = f - m
             lo, hi = torch.aminmax(f)
-            mean, sq, low, high = torch.stack([m, torch.dot(c, c), lo, hi]).tolist()
+            if f.device.type == "cpu":  # four reads cost less than a stack; elsewhere, one sync
+                mean, sq, low, high = m.item(), torch.dot(c, c).item(), lo.item(), hi.item()
+            else:
+                mean, sq, low, high = torch.stack([m, torch.dot(c, c), lo, hi]).tolist()
             var = max(sq / f.numel(), 0.0)
             std, rms = math.sqrt(var), math.sqrt(var + mean * mean)
             constant = low == high

@@ -21,8 +21,7 @@ class Assembler:
         self.sites = sites
         self.ops: dict[str, Op] = {}
         self._modules = dict(model.named_modules())
-        self._param_names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
-        self._param_names.update({id(b): n for n, b in model.named_buffers(remove_duplicate=False)})
+        self._param_names: dict[int, str] | None = None  # built on the first get_attr: most graphs have none
 
     # -- sources ---------------------------------------------------------------------------------------------
 
@@ -47,6 +46,10 @@ class Assembler:
                            shape=tuple(tensor.shape), dtype=_dtype(tensor), weight=stats))
 
     def qualname_of(self, tensor: torch.Tensor) -> str | None:
+        if self._param_names is None:
+            names = {id(p): n for n, p in self.model.named_parameters(remove_duplicate=False)}
+            names.update({id(b): n for n, b in self.model.named_buffers(remove_duplicate=False)})
+            self._param_names = names
         return self._param_names.get(id(tensor))
 
     def module_at(self, path: str) -> nn.Module | None:
