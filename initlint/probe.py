@@ -45,7 +45,7 @@ from .load import Target
 from .ops import Capture
 from .probes import Probe, probe_for
 from .probes.records import Context, Edit, Evidence, Measurement, Needs, Unrepairable
-from .probes.runner import MAX_BATCH, MAX_SPATIAL, Runnable, capped, run_pass
+from .probes.runner import MAX_BATCH, MAX_SPATIAL, Runnable, capped, edited_module, run_pass
 from .state import preserved
 
 PROGRESS_AFTER = 1.0  # seconds of probing before a progress bar appears on a terminal
@@ -252,7 +252,7 @@ def fix(model: nn.Module, report, example_inputs=None) -> nn.Module:
     if program.capture is Capture.HOOKS:
         raise UsageError("the fixes insert scales in forward, which needs a model torch.fx or torch.export can capture",
                          help="apply those fixes by hand, as the findings' fix code shows")
-    return Runnable.of(program, graph, twin, edits).module
+    return edited_module(Runnable.of(program, graph, twin, edits))
 
 
 # -- progress ------------------------------------------------------------------------------------------------

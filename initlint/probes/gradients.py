@@ -35,10 +35,8 @@ amplitude (the linear regime), beside the shared pass's reading as given.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import re
-import warnings
 
 import torch
 from torch import nn
@@ -357,7 +355,7 @@ def _small_input_factor(ctx: Context, first: str, last: str) -> float | None:
     its biases' offsets, is not the finding's claim). None where that pass cannot run."""
     from torch.utils import _pytree as pytree
 
-    from .runner import run_pass
+    from .runner import Runnable, run_pass
 
     if ctx.runnable is None:
         return None
@@ -366,19 +364,17 @@ def _small_input_factor(ctx: Context, first: str, last: str) -> float | None:
         return v * SMALL_INPUT if isinstance(v, torch.Tensor) and v.is_floating_point() else v
 
     r = ctx.runnable
-    if r.module is None:  # the hooks capture runs the user's model itself: no copy to zero the biases of
+    if r.module is None or r.program is None:  # hooks: the user's model itself runs, no copy to zero the biases of
         return None
     args, kwargs = pytree.tree_map(small, (tuple(r.inputs.args), dict(r.inputs.kwargs)))
     values = tuple(pytree.tree_map(small, list(r.values)))
-    with warnings.catch_warnings():  # copying an exported module warns about its input spec's pytree classes
-        warnings.simplefilter("ignore", FutureWarning)
-        module = copy.deepcopy(r.module)  # the graph on copies of the weights, biases zeroed
+    model = copy.deepcopy(r.model)  # the graph on copies of the weights, biases zeroed
     with torch.no_grad():
-        for name, p in module.named_parameters():
+        for name, p in model.named_parameters():
             if name.rpartition(".")[2].startswith("bias"):
                 p.zero_()
-    linear = dataclasses.replace(r.with_inputs(type(r.inputs)(args, kwargs, r.inputs.source), values), module=module,
-                                 cache={})  # not the instrumented original
+    linear = Runnable.of(r.program, r.graph, model, r.edits).with_inputs(type(r.inputs)(args, kwargs, r.inputs.source),
+                                                                         values)
     try:
         ev = run_pass(linear, Needs.of(ops=[first, last]), ctx.device, ctx.seed)
     except Exception:  # noqa: BLE001 - the pass as given still speaks

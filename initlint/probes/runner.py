@@ -38,6 +38,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.export.graph_signature import InputKind, OutputKind
+from torch.fx import _pytree as fx_pytree
+from torch.fx.graph_module import _copy_attr
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -63,17 +66,22 @@ KEEP = 1 << 16
 
 @dataclass(frozen=True)
 class Runnable:
-    """The captured graph bound to a model, ready to run with taps."""
+    """The captured graph bound to a model, ready to run with taps.
+
+    fx: the traced graph over the model's modules. export: the exported program's graph as exported, with the
+    parameters, buffers and constants it lifted passed in as arguments (taken from ``model`` by name, so a
+    repaired copy runs on its own tensors), never unlifted: ``ExportedProgram.module()`` costs a hundred times
+    a small model's step. hooks: the model itself."""
 
     capture: Capture
     graph: ModelGraph = dataclasses.field(repr=False)  # names the ops
     model: nn.Module  # the model whose parameters the graph uses
-    module: torch.fx.GraphModule | None  # None for the hooks capture: the model itself runs
+    module: torch.fx.GraphModule | None  # the graph as captured (export: lifted); None for hooks: the model runs
     inputs: ExampleInputs  # what the graph module (or the model) is called with
     values: tuple = ()  # fx: the placeholders' values
     prefix: str = ""
-    edited: dict = dataclasses.field(default_factory=dict)  # op name -> node that now stands for its output
-    edits: tuple = ()  # the structural edits made, for probes that must know them (a changed call argument)
+    edits: tuple = ()  # the structural edits to make, for probes that must know them (a changed call argument)
+    program: Program | None = dataclasses.field(default=None, repr=False, compare=False)
     # the module with a probe after every op, built on first use and shared by copies with other inputs
     cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
@@ -81,7 +89,8 @@ class Runnable:
     def of(cls, program: Program, graph: ModelGraph, model: nn.Module | None = None,
            edits: Sequence[Edit] = ()) -> "Runnable":
         """The program's graph bound to ``model`` (default: the program's own), with ``edits`` inserted. The
-        program's own is built once per program and graph, and kept in the program's cache."""
+        program's own is built once per program and graph, and kept in the program's cache. Nothing is compiled
+        here: :meth:`instrumented` builds what a pass runs, once."""
         if (model is None or model is program.model) and not edits:
             key = ("probe-runnable", tuple(graph.ops))
             if key not in program.cache:
@@ -94,23 +103,25 @@ class Runnable:
         if program.capture is Capture.HOOKS:
             if edits:
                 raise ValueError("structural edits need a captured graph")
-            return cls(program.capture, graph, model, None, program.inputs)
-        base = program.graph_module if program.capture is Capture.FX else unlifted(program)
-        if model is program.model and not edits:
-            module = base  # the program's own module, never edited
-        else:
-            # a new module over a copy of the graph: attributes are copied from ``base`` (for fx, from ``model``),
-            # so rebinding the copy's parameters or editing its graph leaves ``base`` as it was. An exported
-            # program is not unlifted again (``ExportedProgram.module()`` costs 100x a small model's step).
-            root = model if program.capture is Capture.FX else base
-            with quiet():  # copying an exported graph's input spec warns about its pytree classes
-                graph_copy = copy.deepcopy(base.graph)
-            module = torch.fx.GraphModule(root, graph_copy, type(base).__name__)
-            if program.capture is Capture.EXPORT and model is not program.model:
-                _rebind(module, model, program.prefix)
-        edited = _apply_edits(module, edits) if edits else {}
+            return cls(program.capture, graph, model, None, program.inputs, program=program)
+        if program.capture is Capture.FX:
+            module = program.graph_module
+        elif _liftable(program):
+            module = program.exported.graph_module
+        else:  # lifted state this runner does not pass (opaque objects, effect tokens): the unlifted module
+            module = unlifted(program)
         return cls(program.capture, graph, model, module, program.inputs, tuple(program.values), program.prefix,
-                   edited, tuple(edits))
+                   tuple(edits), program)
+
+    @property
+    def lifted(self) -> bool:
+        """Whether the module is an exported program's graph that takes its state as arguments."""
+        return self.capture is Capture.EXPORT and self.program is not None \
+            and self.module is self.program.exported.graph_module
+
+    @property
+    def own(self) -> bool:
+        return self.program is not None and self.model is self.program.model and not self.edits
 
     def with_inputs(self, inputs: ExampleInputs, values: tuple) -> "Runnable":
         return dataclasses.replace(self, inputs=inputs, values=values)
@@ -118,10 +129,17 @@ class Runnable:
     def instrumented(self) -> tuple[torch.fx.GraphModule, Slot]:
         """The module with ``slot(value, op index)`` after every op (after its edit, where a repair rescaled it),
         built once: a pass points the slot at its recorder, which skips the ops no probe reads. Code
-        generation costs more than a small model's step, so it is not redone per pass."""
+        generation costs more than a small model's step, so it is done once per program, and once more only for
+        a copy with structural edits: a copy without them runs the program's own generated code (fx: over the
+        copy's modules; export: on the copy's tensors, passed as arguments)."""
         if "instrumented" not in self.cache:
-            slot = Slot()
-            self.cache["instrumented"] = (instrument(self.module, self.graph, slot, self.prefix, self.edited), slot)
+            if self.edits or self.own or self.program is None:
+                self.cache["instrumented"] = _instrument_edited(self)
+            else:
+                gm, slot = Runnable.of(self.program, self.graph).instrumented()
+                if self.capture is Capture.FX or not self.lifted:
+                    gm = _rebound(gm, self.model if self.capture is Capture.FX else gm, self)
+                self.cache["instrumented"] = (gm, slot)
         return self.cache["instrumented"]
 
     def call_args(self) -> tuple[tuple, dict]:
@@ -129,12 +147,73 @@ class Runnable:
             return tuple(self.values), {}
         return tuple(self.inputs.args), dict(self.inputs.kwargs)
 
+    def flat_args(self, module_args: tuple, kwargs: dict, model: nn.Module | None = None) -> list:
+        """A lifted graph's arguments: its parameters, buffers and constants from ``model`` (default: this
+        runnable's) by name where the shape matches, else as exported, and the user inputs flattened."""
+        ep = self.program.exported
+        if "state" not in self.cache:
+            self.cache["state"] = {**dict(ep.state_dict), **dict(getattr(ep, "constants", {}) or {})}
+        state = self.cache["state"]
+        model = self.model if model is None else model
+        mine = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+        user = iter(fx_pytree.tree_flatten_spec((tuple(module_args), dict(kwargs)), ep.call_spec.in_spec))
+        out = []
+        for spec in ep.graph_signature.input_specs:
+            if spec.kind is InputKind.USER_INPUT:
+                out.append(next(user))
+                continue
+            target = spec.target
+            name = target[len(self.prefix):] if self.prefix and target.startswith(self.prefix) else target
+            saved = state.get(target)
+            t = mine.get(name)
+            out.append(t if t is not None and (saved is None or t.shape == saved.shape) else saved)
+        return out
+
+    def user_outputs(self, flat) -> list:
+        """A lifted graph's user outputs (the buffer mutations it also returns dropped)."""
+        specs = self.program.exported.graph_signature.output_specs
+        flat = flat if isinstance(flat, (tuple, list)) else (flat,)
+        return [v for s, v in zip(specs, flat) if s.kind is OutputKind.USER_OUTPUT]
+
     def __call__(self, *args, **kwargs):
-        return (self.module or self.model)(*args, **kwargs)
+        """One plain forward of the graph (of the model, for hooks), uninstrumented; edits are not applied."""
+        if self.module is None:
+            return self.model(*args, **kwargs)
+        if self.lifted:
+            out = self.module(*self.flat_args(args, kwargs))
+            return pytree.tree_unflatten(self.user_outputs(out), self.program.exported.call_spec.out_spec)
+        if self.capture is Capture.FX and not self.own:
+            return _rebound(self.module, self.model, self)(*args, **kwargs)
+        return self.module(*args, **kwargs)
+
+
+_LIFTABLE = frozenset({InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR, InputKind.USER_INPUT})
+
+
+def _liftable(program: Program) -> bool:
+    ep = program.exported
+    return ep is not None and all(s.kind in _LIFTABLE for s in ep.graph_signature.input_specs) \
+        and not any(n.op == "get_attr" for n in ep.graph_module.graph.nodes)
+
+
+def _rebound(gm: torch.fx.GraphModule, root: nn.Module, runnable: "Runnable") -> torch.fx.GraphModule:
+    """``gm``'s generated code over ``root``'s modules and attributes (what ``GraphModule(root, gm.graph)`` makes,
+    without generating the code again): a copy of the model runs the program's own instrumented module. For an
+    unlifted exported module (``root`` is ``gm``), the copy's parameters and buffers are rebound by name."""
+    new = object.__new__(type(gm))  # the same class, so the same generated forward (GraphModule.__new__ subclasses)
+    new.__dict__.update(gm.__dict__)
+    new._modules, new._parameters, new._buffers = {}, {}, {}
+    for node in gm.graph.nodes:
+        if node.op in ("get_attr", "call_module"):
+            _copy_attr(root, new, str(node.target))
+    if root is gm:
+        _rebind(new, runnable.model, runnable.prefix)
+    return new
 
 
 def _rebind(module: nn.Module, model: nn.Module, prefix: str) -> None:
-    """Point an exported program's unlifted module at ``model``'s parameters and buffers (a repaired copy's)."""
+    """Point an exported program's unlifted module at ``model``'s parameters and buffers (a repaired copy's).
+    The module's submodules are replaced by fresh containers on the way, so the program's own stays as it was."""
     tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     for name, t in tensors.items():
         path, _, leaf = (prefix + name).rpartition(".")
@@ -147,8 +226,8 @@ def _rebind(module: nn.Module, model: nn.Module, prefix: str) -> None:
             slot[leaf] = t
 
 
-def _apply_edits(gm: torch.fx.GraphModule, edits: Sequence[Edit]) -> dict[str, torch.fx.Node]:
-    nodes = {n.name: n for n in gm.graph.nodes}
+def _apply_edits(g: torch.fx.Graph, edits: Sequence[Edit]) -> dict[str, torch.fx.Node]:
+    nodes = {n.name: n for n in g.nodes}
     edited: dict[str, torch.fx.Node] = {}
     for edit in edits:
         node = nodes.get(edit.op)
@@ -157,16 +236,40 @@ def _apply_edits(gm: torch.fx.GraphModule, edits: Sequence[Edit]) -> dict[str, t
         if isinstance(edit, ScaleAfter):
             last = edited.get(edit.op, node)
             users = [u for u in last.users]
-            with gm.graph.inserting_after(last):
-                scaled = gm.graph.call_function(operator.mul, (last, float(edit.factor)))
+            with g.inserting_after(last):
+                scaled = g.call_function(operator.mul, (last, float(edit.factor)))
             for u in users:
                 u.replace_input_with(last, scaled)
             edited[edit.op] = scaled
         elif isinstance(edit, SetArgument):
             node.kwargs = {**node.kwargs, edit.name: edit.value}
-    gm.graph.lint()
-    gm.recompile()
+    g.lint()
     return edited
+
+
+def edited_module(runnable: "Runnable") -> torch.fx.GraphModule:
+    """The runnable's module with its edits, uninstrumented (for :func:`initlint.probe.fix`)."""
+    base = runnable.module
+    with quiet():
+        g = copy.deepcopy(base.graph)
+    _apply_edits(g, runnable.edits)
+    return torch.fx.GraphModule(runnable.model if runnable.capture is Capture.FX else base, g, type(base).__name__)
+
+
+def _instrument_edited(runnable: "Runnable") -> tuple[torch.fx.GraphModule, Slot]:
+    """One copy of the graph, the edits inserted and a slot after every op, one code generation."""
+    slot = Slot()
+    base = runnable.module
+    with quiet():  # copying an exported graph's input spec warns about its pytree classes
+        g = copy.deepcopy(base.graph)
+    edited = _apply_edits(g, runnable.edits) if runnable.edits else {}
+    _insert_slots(g, runnable.graph, slot, runnable.prefix, edited,
+                  runnable.program.exported.graph_signature if runnable.lifted else None)
+    root = runnable.model if runnable.capture is Capture.FX else base
+    gm = torch.fx.GraphModule(root, g, type(base).__name__)
+    if runnable.capture is Capture.EXPORT and not runnable.lifted and runnable.model is not runnable.program.model:
+        _rebind(gm, runnable.model, runnable.prefix)  # GraphModule made fresh containers: the program's own stays
+    return gm, slot
 
 
 # -- inputs ------------------------------------------------------------------------------------------------
@@ -351,10 +454,18 @@ def _run(runnable: Runnable, graph: ModelGraph, rec: _Recorder, dev: torch.devic
             module.train()
         slot.recorder = rec
         rec.slots.append(slot)
-        target = copy.deepcopy(module).to(dev) if moved else module
-        runner = target
-        named = {(n[len(runnable.prefix):] if n.startswith(runnable.prefix) else n): p
-                 for n, p in target.named_parameters()}
+        if runnable.lifted:  # the state goes in as arguments: the model's (on the device), in the graph's order
+            state = copy.deepcopy(model).to(dev) if moved else model
+            flat = [t.to(dev) if isinstance(t, torch.Tensor) and t.device != dev else t
+                    for t in runnable.flat_args(args, kwargs, state)]
+            target = state
+            runner = lambda *a, **k: runnable.user_outputs(module(*flat))  # noqa: E731
+            named = dict(state.named_parameters())
+        else:
+            target = copy.deepcopy(module).to(dev) if moved else module
+            runner = target
+            named = {(n[len(runnable.prefix):] if n.startswith(runnable.prefix) else n): p
+                     for n, p in target.named_parameters()}
     for name, t in inputs.items():
         rec.probe(t, rec.index[name])
     out = runner(*args, **kwargs)
@@ -379,29 +490,44 @@ def _run(runnable: Runnable, graph: ModelGraph, rec: _Recorder, dev: torch.devic
 
 
 def instrument(gm: torch.fx.GraphModule, graph: ModelGraph, slot: Any, prefix: str,
-               edited: dict | None = None) -> torch.fx.GraphModule:
+               edited: dict | None = None, signature=None) -> torch.fx.GraphModule:
     """A copy of ``gm`` (sharing its modules and parameters) with ``slot(value, op index)`` after every op, the
-    index being the op's position in ``graph``; an op that a structural edit rescaled is read after the edit."""
+    index being the op's position in ``graph``; an op that a structural edit rescaled is read after the edit.
+    ``signature``: an exported program's, when ``gm`` is its lifted graph (parameters are placeholders)."""
     with quiet():
         g = copy.deepcopy(gm.graph)
-    index = {name: i for i, name in enumerate(graph.ops)}
     by_name = {n.name: n for n in g.nodes}
     moved = {op: by_name[node.name] for op, node in (edited or {}).items() if node.name in by_name}
+    _insert_slots(g, graph, slot, prefix, moved, signature)
+    return torch.fx.GraphModule(gm, g, type(gm).__name__)
+
+
+def _insert_slots(g: torch.fx.Graph, graph: ModelGraph, slot: Any, prefix: str, edited: dict,
+                  signature=None) -> None:
+    index = {name: i for i, name in enumerate(graph.ops)}
     params = {op.weight.name: op.name for op in graph.of_kind(OpKind.PARAM) if op.weight is not None}
+    lifted = {} if signature is None else {**signature.inputs_to_parameters, **signature.inputs_to_buffers,
+                                            **getattr(signature, "inputs_to_lifted_tensor_constants", {})}
+
+    def param(target: str) -> str | None:
+        return params.get(target) or params.get(target[len(prefix):] if target.startswith(prefix) else "")
+
+    placeholders = [n for n in g.nodes if n.op == "placeholder"]
     for node in list(g.nodes):
         if node.op == "get_attr":
-            target = str(node.target)
-            name = params.get(target) or params.get(target[len(prefix):] if target.startswith(prefix) else "")
+            name = param(str(node.target))
+        elif node.op == "placeholder":
+            name = param(lifted[node.name]) if node.name in lifted else None
         elif node.op in ("call_function", "call_method", "call_module"):
             name = node.name if node.name in index else None
         else:
             name = None
         if name is None:
             continue
-        at = moved.get(node.name, node)
+        value = edited.get(node.name, node)  # an op a structural edit rescaled is read after the edit
+        at = placeholders[-1] if node.op == "placeholder" else value  # placeholders stay the function's arguments
         with g.inserting_after(at):
-            g.call_function(slot, (at, index[name]))
-    return torch.fx.GraphModule(gm, g, type(gm).__name__)
+            g.call_function(slot, (value, index[name]))
 
 
 def _match_inputs(graph: ModelGraph, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
