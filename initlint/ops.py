@@ -51,6 +51,10 @@ class OpKind(enum.Enum):
     RECURRENT = "recurrent"  # RNN, LSTM, GRU
     UNKNOWN = "unknown"  # no known semantics: listed in coverage
 
+    # Members are singletons compared by identity: hash them by identity too, in C, not by Enum's Python
+    # ``hash(self._name_)`` (kinds are looked up in sets and tables hundreds of times per lint).
+    __hash__ = object.__hash__
+
     @property
     def has_weight(self) -> bool:
         return self in _WEIGHTED
@@ -68,6 +72,8 @@ class Capture(enum.Enum):
 
 
 class NormKind(enum.Enum):
+    __hash__ = object.__hash__  # as OpKind's
+
     BATCH = "batch_norm"
     LAYER = "layer_norm"
     GROUP = "group_norm"
@@ -77,6 +83,8 @@ class NormKind(enum.Enum):
 
 
 class Activation(enum.Enum):
+    __hash__ = object.__hash__  # as OpKind's
+
     RELU = "relu"
     RELU6 = "relu6"
     LEAKY_RELU = "leaky_relu"
@@ -101,6 +109,8 @@ class Activation(enum.Enum):
 
 
 class MathFn(enum.Enum):
+    __hash__ = object.__hash__  # as OpKind's
+
     POW = "pow"
     SQRT = "sqrt"
     RSQRT = "rsqrt"
@@ -115,6 +125,8 @@ class MathFn(enum.Enum):
 
 
 class Reduction(enum.Enum):
+    __hash__ = object.__hash__  # as OpKind's
+
     MEAN = "mean"
     SUM = "sum"
     MAX = "max"
@@ -125,6 +137,8 @@ class Reduction(enum.Enum):
 
 
 class PoolKind(enum.Enum):
+    __hash__ = object.__hash__  # as OpKind's
+
     MAX = "max"
     AVG = "avg"
     ADAPTIVE_MAX = "adaptive_max"
