@@ -133,7 +133,7 @@ class Runnable:
         a copy with structural edits: a copy without them runs the program's own generated code (fx: over the
         copy's modules; export: on the copy's tensors, passed as arguments)."""
         if "instrumented" not in self.cache:
-            if self.edits or self.own or self.program is None:
+            if self.own or self.program is None or (self.edits and self.scales() is None):
                 self.cache["instrumented"] = _instrument_edited(self)
             else:
                 gm, slot = Runnable.of(self.program, self.graph).instrumented()
@@ -141,6 +141,24 @@ class Runnable:
                     gm = _rebound(gm, self.model if self.capture is Capture.FX else gm, self)
                 self.cache["instrumented"] = (gm, slot)
         return self.cache["instrumented"]
+
+    def scales(self) -> dict[int, tuple[float, ...]] | None:
+        """The edits as the program's instrumented code applies them at run time, op index -> factors in order,
+        when every edit is a :class:`ScaleAfter` on an op that code reads (None otherwise: the edits are
+        inserted into a copy of the graph)."""
+        if "scales" not in self.cache:
+            out: dict[int, tuple[float, ...]] | None = {}
+            if self.edits:
+                own = Runnable.of(self.program, self.graph) if self.program is not None else None
+                slotted = own.instrumented()[1].ops if own is not None and own.module is not None else set()
+                index = {name: i for i, name in enumerate(self.graph.ops)}
+                for edit in self.edits:
+                    if not isinstance(edit, ScaleAfter) or edit.op not in slotted:
+                        out = None
+                        break
+                    out[index[edit.op]] = out.get(index[edit.op], ()) + (float(edit.factor),)
+            self.cache["scales"] = out
+        return self.cache["scales"]
 
     def call_args(self) -> tuple[tuple, dict]:
         if self.capture is Capture.FX:
@@ -258,13 +276,13 @@ def edited_module(runnable: "Runnable") -> torch.fx.GraphModule:
 
 def _instrument_edited(runnable: "Runnable") -> tuple[torch.fx.GraphModule, Slot]:
     """One copy of the graph, the edits inserted and a slot after every op, one code generation."""
-    slot = Slot()
+    slot = _Slot()
     base = runnable.module
     with quiet():  # copying an exported graph's input spec warns about its pytree classes
         g = copy.deepcopy(base.graph)
     edited = _apply_edits(g, runnable.edits) if runnable.edits else {}
-    _insert_slots(g, runnable.graph, slot, runnable.prefix, edited,
-                  runnable.program.exported.graph_signature if runnable.lifted else None)
+    slot.ops = _insert_slots(g, runnable.graph, slot, runnable.prefix, edited,
+                             runnable.program.exported.graph_signature if runnable.lifted else None, rewire=True)
     root = runnable.model if runnable.capture is Capture.FX else base
     gm = torch.fx.GraphModule(root, g, type(base).__name__)
     if runnable.capture is Capture.EXPORT and not runnable.lifted and runnable.model is not runnable.program.model:
@@ -363,6 +381,8 @@ class _Recorder(Recorder):
         super().close()
         for slot in self.slots:
             slot.recorder = None
+            if isinstance(slot, _Slot):
+                slot.scales = {}
         self.slots.clear()
 
     def _grad_taps(self, idx: int, g: torch.Tensor) -> None:
@@ -403,7 +423,8 @@ class _Enough(BaseException):
 
 def run_pass(runnable: Runnable, needs: Needs | None, device: torch.device, seed: int = 0,
              autocast: torch.dtype | None = None) -> Evidence:
-    """One forward and backward pass of ``runnable`` recording ``needs`` (every op when ``needs`` is None).
+    """One forward and backward pass of ``runnable`` recording ``needs`` (every op when ``needs`` is None); a
+    forward pass only, as far as the last op it taps, when ``needs`` holds forward taps only.
 
     With ``autocast`` (float16 or bfloat16), a forward pass only, under ``torch.autocast`` in that dtype, and only
     as far as the last op it taps. On the CPU its matrix products and convolutions are computed as
@@ -413,17 +434,21 @@ def run_pass(runnable: Runnable, needs: Needs | None, device: torch.device, seed
     rec = _Recorder(graph, needs)
     if needs is not None and needs.empty:
         return Evidence()
-    grad = torch.no_grad() if autocast is not None else torch.enable_grad()
+    # forward taps only (the autocast pass, or extra passes that read values): no backward, and the forward
+    # stops at the last op tapped
+    forward_only = autocast is not None or (needs is not None and not needs.ops and not needs.params
+                                            and not rec.bwd_taps)
+    grad = torch.no_grad() if forward_only else torch.enable_grad()
     cast = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
     emulate = LowPrecisionProducts(autocast) if autocast is not None and device.type == "cpu" \
         else contextlib.nullcontext()
-    if autocast is not None and needs is not None and not needs.ops and not rec.bwd_taps:
+    if forward_only and needs is not None and not needs.ops and not rec.bwd_taps:
         rec.stop_after = len({(t.op, t.key) for t in needs.taps if t.op in rec.index})
     with preserved(runnable.model), grad, cast, emulate, quiet():
         seed_device(device, seed)
         try:
             grads = _run(runnable, graph, rec, device, seed, needs.params if needs is not None else frozenset(),
-                         backward=autocast is None)
+                         backward=not forward_only)
         except _Enough:
             grads = {}
         finally:
@@ -454,6 +479,8 @@ def _run(runnable: Runnable, graph: ModelGraph, rec: _Recorder, dev: torch.devic
             module.train()
         slot.recorder = rec
         rec.slots.append(slot)
+        if isinstance(slot, _Slot):
+            slot.scales = runnable.scales() or {}
         if runnable.lifted:  # the state goes in as arguments: the model's (on the device), in the graph's order
             state = copy.deepcopy(model).to(dev) if moved else model
             flat = [t.to(dev) if isinstance(t, torch.Tensor) and t.device != dev else t
@@ -502,8 +529,27 @@ def instrument(gm: torch.fx.GraphModule, graph: ModelGraph, slot: Any, prefix: s
     return torch.fx.GraphModule(gm, g, type(gm).__name__)
 
 
+class _Slot(Slot):
+    """The probe runner's slot: it records, and returns the value its op's users then read, first multiplied by
+    the factors of the pass's :class:`ScaleAfter` edits (so a copy with such edits runs the program's own code)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scales: dict[int, tuple[float, ...]] = {}
+        self.ops: set[str] = set()  # the ops it reads
+
+    def __call__(self, value: Any, idx: int) -> Any:
+        for factor in self.scales.get(idx, ()):
+            value = operator.mul(value, factor)
+        if self.recorder is not None:
+            self.recorder.probe(value, idx)
+        return value
+
+
 def _insert_slots(g: torch.fx.Graph, graph: ModelGraph, slot: Any, prefix: str, edited: dict,
-                  signature=None) -> None:
+                  signature=None, rewire: bool = False) -> set[str]:
+    """A ``slot(value, op index)`` node after every op of ``graph`` in ``g``; with ``rewire``, the op's users read
+    the slot's result. Returns the names of the ops read."""
     index = {name: i for i, name in enumerate(graph.ops)}
     params = {op.weight.name: op.name for op in graph.of_kind(OpKind.PARAM) if op.weight is not None}
     lifted = {} if signature is None else {**signature.inputs_to_parameters, **signature.inputs_to_buffers,
@@ -513,6 +559,7 @@ def _insert_slots(g: torch.fx.Graph, graph: ModelGraph, slot: Any, prefix: str, 
         return params.get(target) or params.get(target[len(prefix):] if target.startswith(prefix) else "")
 
     placeholders = [n for n in g.nodes if n.op == "placeholder"]
+    read: set[str] = set()
     for node in list(g.nodes):
         if node.op == "get_attr":
             name = param(str(node.target))
@@ -527,7 +574,13 @@ def _insert_slots(g: torch.fx.Graph, graph: ModelGraph, slot: Any, prefix: str, 
         value = edited.get(node.name, node)  # an op a structural edit rescaled is read after the edit
         at = placeholders[-1] if node.op == "placeholder" else value  # placeholders stay the function's arguments
         with g.inserting_after(at):
-            g.call_function(slot, (value, index[name]))
+            probe = g.call_function(slot, (value, index[name]))
+        if rewire:
+            for user in list(value.users):
+                if user is not probe:
+                    user.replace_input_with(value, probe)
+        read.add(name)
+    return read
 
 
 def _match_inputs(graph: ModelGraph, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
