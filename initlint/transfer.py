@@ -186,6 +186,11 @@ def _norm(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
         unit = 0.0
         if p.kind in (NormKind.LAYER, NormKind.RMS):
             unit = x.unit / (var + p.eps)
+        elif p.kind is NormKind.GROUP and p.num_groups and p.num_features:
+            # Each group's mean takes 1/(channels per group) of its channels' offsets; the rest stay, in units
+            # of the group's std: a spatial mean after GroupNorm sees them.
+            per_group = p.num_features / p.num_groups
+            unit = min(x.unit, var) * max(1.0 - 1.0 / per_group, 0.0) / (var + p.eps)
     second = w2 * z2 + b2 + 2 * mw * mb * zm
     mean = mw * zm + mb
     cf = x.channels_first or (p.kind is not NormKind.LAYER and p.kind is not NormKind.RMS and x.rank >= 3)

@@ -313,6 +313,19 @@ def test_spatial_mean_after_instance_norm_is_exactly_the_bias(norm):
     assert predicted == pytest.approx(measured, rel=1e-4, abs=1e-12)
 
 
+def test_spatial_mean_after_group_norm_keeps_the_channel_offsets_the_group_mean_leaves():
+    """GroupNorm removes each group's mean, not each channel's: with 4 channels a group, 3/4 of the channels'
+    offsets (logsigmoid's negative mean through a conv) stay and a spatial mean sees them (the fuzz: predicted
+    1/(h w) of the variance, 6x too low)."""
+    body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.LogSigmoid(), nn.Conv2d(16, 16, 1), nn.GroupNorm(4, 16))
+    x = torch.randn(8, 3, 8, 8)
+    target = from_instance(_SpatialMean(body), x)
+    g = propagate(capture(target), target.inputs, model=target.model)
+    with torch.no_grad():
+        measured = body(x).mean((2, 3)).pow(2).mean().item()
+    assert _rel(g.signal(_first(g, OpKind.REDUCE)).forward.second, measured) < 0.5  # 16 channels' offsets
+
+
 class _SpatialMean(nn.Module):
     def __init__(self, body):
         super().__init__()
