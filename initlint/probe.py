@@ -43,7 +43,7 @@ from .findings import Finding, ProbeResult, ProbeStatus
 from .graph import ModelGraph
 from .load import Target
 from .ops import Capture
-from .probes import Probe, probe_for
+from .probes import Probe, probe_for, repairs
 from .probes.records import Context, Edit, Evidence, Measurement, Needs, Unrepairable
 from .probes.runner import MAX_BATCH, MAX_SPATIAL, Runnable, capped, edited_module, run_pass
 from .state import preserved
@@ -202,6 +202,7 @@ def _repaired(program, graph, runnable, model, findings, chosen, needs, before, 
                 continue
             edits += found
             applied.append(i)
+    repairs.forget(twin)
     if not applied:
         return results
     fixed = Runnable.of(program, graph, twin, edits).with_inputs(runnable.inputs, runnable.values)
@@ -246,6 +247,7 @@ def fix(model: nn.Module, report, example_inputs=None) -> nn.Module:
                 edits += p.repair(twin, f, tr.graph)
             except Unrepairable:
                 continue
+    repairs.forget(twin)
     if not edits:
         return twin
     graph, program = capture_program(from_instance(twin, example_inputs))

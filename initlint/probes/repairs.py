@@ -11,6 +11,7 @@ True
 
 from __future__ import annotations
 
+import weakref
 import zlib
 
 import torch
@@ -35,11 +36,29 @@ def generator(name: str, device: torch.device | str = "cpu") -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(REPAIR_SEED ^ zlib.crc32(name.encode()))
 
 
+# Unit normal draws per model copy, by parameter name and shape: the repairs of several findings on one layer
+# (IL101, IL301 and IL303 on the same weight) re-initialize it from the same seeded draw, drawn once.
+_DRAWS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _unit_draw(model: nn.Module, name: str, shape: torch.Size) -> torch.Tensor:
+    drawn = _DRAWS.setdefault(model, {})
+    key = (name, tuple(shape))
+    if key not in drawn:
+        drawn[key] = torch.randn(shape, generator=generator(name), dtype=torch.float32)
+    return drawn[key]
+
+
+def forget(model: nn.Module) -> None:
+    """Drop the draws kept for ``model`` (a copy handed to the user keeps none)."""
+    _DRAWS.pop(model, None)
+
+
 def reinit_normal(model: nn.Module, name: str, std: float, rows: slice | None = None) -> None:
     """``nn.init.normal_(model.get_parameter(name), 0, std)`` (only ``rows`` of it when given), seeded."""
     p = parameter(model, name)
     target = p if rows is None else p[rows]
-    draw = torch.randn(target.shape, generator=generator(name), dtype=torch.float32) * std
+    draw = _unit_draw(model, name, target.shape) * std
     with torch.no_grad():
         target.copy_(draw.to(p.device, p.dtype))
 
@@ -87,5 +106,5 @@ def replace(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(submodule(model, parent), leaf, new)
 
 
-__all__ = ["parameter", "reinit_normal", "scale", "zero", "orthogonal", "eye", "submodule", "replace",
+__all__ = ["parameter", "reinit_normal", "forget", "scale", "zero", "orthogonal", "eye", "submodule", "replace",
            "REPAIR_SEED"]
