@@ -79,7 +79,8 @@ def fp16_range(graph: ModelGraph) -> list[Issue]:
     bfloat16 keeps float32's exponent range (3.4e38 down to 1.2e-38), so a model that overflows float16 at
     init often trains in bfloat16; its 8-bit mantissa is coarser than float16's 11, so fixing the init is the
     better cure. The fix lists the weight layers on the way that are more than 2x off their variance-preserving
-    std, with the std to use.
+    std, with the std to use; where none is and a model input on the way is more than 2x off unit scale (raw
+    int16 audio, pixel values in 0-255), it divides that input by its rms.
 
     ## Example
     ```python
@@ -273,8 +274,27 @@ def _init_fix(graph: ModelGraph, at: _Range, what: str) -> Fix:
                    f"`{_name(at.op)}` that {'are' if len(lines) > 1 else 'is'} more than 2x off the "
                    f"variance-preserving std")
         return Fix(summary=summary, code="\n".join(lines + ([bf16] if at.bf16_ok else [])))
+    raw = off_scale_inputs(graph, at.op)
+    if raw:  # no layer to blame: the data comes in at this scale
+        names = ", ".join(f"`{op.name}`" for op, _ in raw)
+        code = [f"{op.name} = {op.name} / {sig(rms)}  # its rms at init: the model's input at unit scale"
+                for op, rms in raw]
+        return Fix(summary=f"Normalize {names} to unit scale before the model (no layer leading to "
+                           f"`{_name(at.op)}` is more than 2x off), or train in bfloat16",
+                   code="\n".join(code + ([bf16] if at.bf16_ok else [])))
     return Fix(summary=f"Rescale the signal before `{_name(at.op)}` (a normalization), or train in bfloat16",
                code=bf16.removeprefix("# or "))
+
+
+def off_scale_inputs(graph: ModelGraph, op: Op) -> list[tuple[Op, float]]:
+    """The model inputs on ``op``'s signal path whose rms is more than 2x off 1, with that rms."""
+    out = []
+    for o in signal_path(graph, op):
+        if o.kind is OpKind.INPUT:
+            second = graph.signal(o).forward.second
+            if second > 0 and math.isfinite(second) and abs(math.log(second) / 2) > math.log(2.0):
+                out.append((o, math.sqrt(second)))
+    return out
 
 
 def _name(op: Op) -> str:

@@ -19,7 +19,7 @@ from ..graph import ModelGraph
 from ..ops import OpKind, ScaleParams
 from ..patterns import nonlinearity_after, signal_path
 from . import repairs
-from .records import Context, Edit, Evidence, Measurement, Needs, Tap, Unrepairable, judge
+from .records import Context, Edit, Evidence, Measurement, Needs, ScaleAfter, Tap, Unrepairable, judge
 from .runner import keep_all, run_pass
 
 FP16_MAX = 65504.0
@@ -170,10 +170,15 @@ def precision_repair(model, finding: Finding, graph: ModelGraph) -> tuple[Edit, 
         if abs(math.log(w.rms / std)) > math.log(FIX_OFF):
             repairs.reinit_normal(model, w.name, std)
             done += 1
-    if not done:
-        raise Unrepairable("no layer on the path is more than 2x off its variance-preserving std")
-    return ()
+    if done:
+        return ()
+    from ..rules.fp16_range import off_scale_inputs  # the rule's own reading, so the fix printed is the one made
 
+    raw = off_scale_inputs(graph, graph.op(finding.op))
+    if not raw:
+        raise Unrepairable("no layer on the path is more than 2x off its variance-preserving std, and no input "
+                           "on it more than 2x off unit scale")
+    return tuple(ScaleAfter(op.name, 1.0 / rms) for op, rms in raw)  # `x = x / rms`, as printed
 
 
 __all__ = ["precision_needs", "precision_measure", "precision_repair"]
