@@ -62,6 +62,9 @@ MAX_BATCH = 32
 MAX_SPATIAL = 64
 # What a "keep" tap retains of a tensor: enough elements for correlations and ranks within about 1%.
 KEEP = 1 << 16
+# Passes of a program's graph run by the interpreter before its instrumented code is generated: an interpreted
+# pass costs 1-3 us more an op, the code generation 50-100 us an op (a stage is usually two passes).
+COMPILE_AFTER = 4
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,40 @@ class Runnable:
                 self.cache["instrumented"] = (gm, slot)
         return self.cache["instrumented"]
 
+    def interpretable(self) -> bool:
+        """Whether this pass may run the graph through :class:`_Interpreted` rather than generated code: until
+        the program's graph has run ``COMPILE_AFTER`` interpreted passes (an interpreted pass costs a few
+        microseconds an op more; generating the instrumented code, tens), and where the program's own code would
+        serve (no edit other than a scale the slots apply)."""
+        if self.program is None or "instrumented" in self.cache or not (self.capture is Capture.FX or self.lifted):
+            return False
+        if self.edits and self.scales() is None:
+            return False
+        own = self.program.cache.get(("probe-runnable", tuple(self.graph.ops)))
+        if own is not None and "instrumented" in own.cache:
+            return False
+        return self.program.cache.get("probe-interpreted", 0) < COMPILE_AFTER
+
+    def interpreter(self, module: torch.fx.GraphModule) -> tuple["_Interpreted", "_Slot"]:
+        """An interpreter of ``module`` (this runnable's graph over its model), with this runnable's slot."""
+        key = ("probe-slots", tuple(self.graph.ops))
+        if key not in self.program.cache:
+            signature = self.program.exported.graph_signature if self.lifted else None
+            self.program.cache[key] = {n: i for n, (_, i) in
+                                       _slot_targets(self.module.graph, self.graph, self.prefix, signature).items()}
+        self.program.cache["probe-interpreted"] = self.program.cache.get("probe-interpreted", 0) + 1
+        slot = self.cache.setdefault("slot", _Slot())
+        return _Interpreted(module, self.program.cache[key], slot), slot
+
+    def plain(self) -> torch.fx.GraphModule:
+        """The graph as captured over this runnable's model, uninstrumented and unedited (fx: rebound to a copy's
+        modules; export: the lifted graph, which takes the state as arguments)."""
+        if self.capture is Capture.FX and not (self.model is self.program.model):
+            if "plain" not in self.cache:
+                self.cache["plain"] = _rebound(self.module, self.model, self)
+            return self.cache["plain"]
+        return self.module
+
     def scales(self) -> dict[int, tuple[float, ...]] | None:
         """The edits as the program's instrumented code applies them at run time, op index -> factors in order,
         when every edit is a :class:`ScaleAfter` on an op that code reads (None otherwise: the edits are
@@ -149,8 +186,11 @@ class Runnable:
         if "scales" not in self.cache:
             out: dict[int, tuple[float, ...]] | None = {}
             if self.edits:
-                own = Runnable.of(self.program, self.graph) if self.program is not None else None
-                slotted = own.instrumented()[1].ops if own is not None and own.module is not None else set()
+                slotted: set[str] = set()
+                if self.program is not None and self.module is not None:
+                    signature = self.program.exported.graph_signature if self.lifted else None
+                    slotted = {name for name, _ in
+                               _slot_targets(self.module.graph, self.graph, self.prefix, signature).values()}
                 index = {name: i for i, name in enumerate(self.graph.ops)}
                 for edit in self.edits:
                     if not isinstance(edit, ScaleAfter) or edit.op not in slotted:
@@ -474,9 +514,20 @@ def _run(runnable: Runnable, graph: ModelGraph, rec: _Recorder, dev: torch.devic
     else:
         if runnable.capture is Capture.FX:
             model.train()
-        module, slot = runnable.instrumented()
-        if runnable.capture is Capture.FX:
-            module.train()
+        if runnable.interpretable():
+            plain = runnable.plain()
+            module, slot = runnable.interpreter(copy.deepcopy(plain).to(dev) if moved and not runnable.lifted
+                                                else plain)
+            call = module.run
+            if runnable.capture is Capture.FX:
+                module.module.train()
+        else:
+            module, slot = runnable.instrumented()
+            if runnable.capture is Capture.FX:
+                module.train()
+            if moved and not runnable.lifted:
+                module = copy.deepcopy(module).to(dev)
+            call = module
         slot.recorder = rec
         rec.slots.append(slot)
         if isinstance(slot, _Slot):
@@ -486,11 +537,11 @@ def _run(runnable: Runnable, graph: ModelGraph, rec: _Recorder, dev: torch.devic
             flat = [t.to(dev) if isinstance(t, torch.Tensor) and t.device != dev else t
                     for t in runnable.flat_args(args, kwargs, state)]
             target = state
-            runner = lambda *a, **k: runnable.user_outputs(module(*flat))  # noqa: E731
+            runner = lambda *a, **k: runnable.user_outputs(call(*flat))  # noqa: E731
             named = dict(state.named_parameters())
         else:
-            target = copy.deepcopy(module).to(dev) if moved else module
-            runner = target
+            target = module.module if isinstance(module, _Interpreted) else module
+            runner = call
             named = {(n[len(runnable.prefix):] if n.startswith(runnable.prefix) else n): p
                      for n, p in target.named_parameters()}
     for name, t in inputs.items():
@@ -546,10 +597,9 @@ class _Slot(Slot):
         return value
 
 
-def _insert_slots(g: torch.fx.Graph, graph: ModelGraph, slot: Any, prefix: str, edited: dict,
-                  signature=None, rewire: bool = False) -> set[str]:
-    """A ``slot(value, op index)`` node after every op of ``graph`` in ``g``; with ``rewire``, the op's users read
-    the slot's result. Returns the names of the ops read."""
+def _slot_targets(g: torch.fx.Graph, graph: ModelGraph, prefix: str, signature=None) -> dict[str, tuple[str, int]]:
+    """The nodes of ``g`` that are ops of ``graph``, node name -> (op name, op index): calls by their names, and
+    parameters by their targets (``get_attr`` nodes; an exported program's lifted placeholders)."""
     index = {name: i for i, name in enumerate(graph.ops)}
     params = {op.weight.name: op.name for op in graph.of_kind(OpKind.PARAM) if op.weight is not None}
     lifted = {} if signature is None else {**signature.inputs_to_parameters, **signature.inputs_to_buffers,
@@ -558,9 +608,8 @@ def _insert_slots(g: torch.fx.Graph, graph: ModelGraph, slot: Any, prefix: str, 
     def param(target: str) -> str | None:
         return params.get(target) or params.get(target[len(prefix):] if target.startswith(prefix) else "")
 
-    placeholders = [n for n in g.nodes if n.op == "placeholder"]
-    read: set[str] = set()
-    for node in list(g.nodes):
+    out: dict[str, tuple[str, int]] = {}
+    for node in g.nodes:
         if node.op == "get_attr":
             name = param(str(node.target))
         elif node.op == "placeholder":
@@ -569,18 +618,43 @@ def _insert_slots(g: torch.fx.Graph, graph: ModelGraph, slot: Any, prefix: str, 
             name = node.name if node.name in index else None
         else:
             name = None
-        if name is None:
+        if name is not None:
+            out[node.name] = (name, index[name])
+    return out
+
+
+def _insert_slots(g: torch.fx.Graph, graph: ModelGraph, slot: Any, prefix: str, edited: dict,
+                  signature=None, rewire: bool = False) -> set[str]:
+    """A ``slot(value, op index)`` node after every op of ``graph`` in ``g``; with ``rewire``, the op's users read
+    the slot's result. Returns the names of the ops read."""
+    targets = _slot_targets(g, graph, prefix, signature)
+    placeholders = [n for n in g.nodes if n.op == "placeholder"]
+    for node in list(g.nodes):
+        if node.name not in targets:
             continue
         value = edited.get(node.name, node)  # an op a structural edit rescaled is read after the edit
         at = placeholders[-1] if node.op == "placeholder" else value  # placeholders stay the function's arguments
         with g.inserting_after(at):
-            probe = g.call_function(slot, (value, index[name]))
+            probe = g.call_function(slot, (value, targets[node.name][1]))
         if rewire:
             for user in list(value.users):
                 if user is not probe:
                     user.replace_input_with(value, probe)
-        read.add(name)
-    return read
+    return {name for name, _ in targets.values()}
+
+
+class _Interpreted(torch.fx.Interpreter):
+    """The graph run node by node, the slot called on every op's value (its result what the users read): the
+    instrumented module's behaviour without generating its code, for the first passes of a program."""
+
+    def __init__(self, module: torch.fx.GraphModule, slots: dict[str, int], slot: "_Slot"):
+        super().__init__(module)
+        self.slots, self.slot = slots, slot
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        value = super().run_node(n)
+        idx = self.slots.get(n.name)
+        return value if idx is None else self.slot(value, idx)
 
 
 def _match_inputs(graph: ModelGraph, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
