@@ -165,8 +165,8 @@ def _activation_fractions(params: ActivationParams, mean: float, variance: float
     rule_ = gaussian(mean, variance)
     y = activation(params)(rule_.nodes).abs()
     # Most activations have every nonzero value well inside float16's range: then every fraction is exactly
-    # zero, which three reductions tell without the five masks.
-    lo, hi = torch.aminmax(torch.where(y > 0, y, math.inf))
+    # zero, which two reductions tell without the five masks (NaN fails both tests and takes the masks).
+    lo, hi = torch.where(y > 0, y, math.inf).min(), y.max()  # the smallest nonzero value, the largest
     if FP16_TINY <= lo.item() and hi.item() <= FP16_MAX:
         return 0.0, 0.0, 0.0, 0.0, 0.0
     masks = torch.stack([y > FP16_MAX, y < FP16_TINY, y < FP16_ZERO, y < BF16_TINY, y > BF16_MAX]) & (y > 0)
