@@ -50,12 +50,32 @@ class Ratio:
         return self.ours / self.base
 
 
-def paired(ours: Callable[[], object], base: Callable[[], object], repeat: int) -> tuple[float, float]:
-    """Medians of ``repeat`` interleaved runs of each, after one warm-up of each."""
+def cold() -> None:
+    """Forget what a previous lint left in initlint's memos (activation gains, softmax statistics, the Gaussian
+    grid, class locations), so that a timed lint pays what one lint in a fresh process pays. The rules'
+    discovery stays cached: a process pays it once, in the start-up ratio."""
+    from initlint import sources
+
+    sources._CLASS_LOCATIONS.clear()
+    for name, module in list(sys.modules.items()):
+        if name != "initlint" and not name.startswith("initlint."):
+            continue
+        for value in list(vars(module).values()):
+            if getattr(value, "__module__", None) == name and callable(getattr(value, "cache_clear", None)):
+                if getattr(value, "__name__", "") != "_discover":
+                    value.cache_clear()
+
+
+def paired(ours: Callable[[], object], base: Callable[[], object], repeat: int,
+           reset: Callable[[], None] | None = None) -> tuple[float, float]:
+    """Medians of ``repeat`` interleaved runs of each, after one warm-up of each; ``reset`` runs, untimed, before
+    each run of ``ours``."""
     ours()
     base()
     a, b = [], []
     for _ in range(repeat):
+        if reset is not None:
+            reset()
         t = time.perf_counter()
         ours()
         a.append(time.perf_counter() - t)
@@ -134,6 +154,7 @@ def stages(model, inputs, repeat: int) -> dict[str, float]:
     rules = discover()
     times: dict[str, list[float]] = {"load": [], "capture": [], "propagate": [], "rules": []}
     for _ in range(repeat + 1):
+        cold()
         t0 = time.perf_counter()
         target = from_instance(model, inputs)
         t1 = time.perf_counter()
@@ -157,7 +178,7 @@ def lint_ratio(name: str, build: Callable, repeat: int) -> Ratio:
     if t.error is not None:
         raise RuntimeError(f"{name}: {t.error.message}")
     bare = bare_fx if t.capture == "fx" else bare_export
-    ours, base = paired(lambda: lint(model, inputs), lambda: bare(model, inputs), repeat)
+    ours, base = paired(lambda: lint(model, inputs), lambda: bare(model, inputs), repeat, reset=cold)
     parts = ", ".join(f"{k} {v * 1e3:.0f}" for k, v in stages(model, inputs, repeat).items())
     return Ratio(name, "lint", ours, base, f"{t.capture}, {t.ops} ops; ms: {parts}")
 
@@ -181,7 +202,8 @@ def probe_ratio(name: str, build: Callable, repeat: int) -> Ratio | None:
     if not probe_available():
         return None
     model, inputs = build()
-    with_probe, static = paired(lambda: lint(model, inputs, probe=True), lambda: lint(model, inputs), repeat)
+    with_probe, static = paired(lambda: (cold(), lint(model, inputs, probe=True)),
+                                lambda: (cold(), lint(model, inputs)), repeat)
     _, base = paired(lambda: None, forward_backward(model, inputs), repeat)
     return Ratio(name, "probe", max(with_probe - static, 0.0), base,
                  f"lint --probe {with_probe * 1e3:.0f} ms, lint {static * 1e3:.0f} ms")
