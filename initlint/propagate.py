@@ -40,7 +40,7 @@ from torch import nn
 from . import attention, elementwise, recurrent, transfer
 from .backprop import ROWWISE, backward
 from .estimate import Ctx, Deriv, Est, Factor, Step, Transfer
-from .gains import DTYPE, gaussian, matched, point
+from .gains import DTYPE, Rule, compress, gaussian, interpolate, matched, point
 from .graph import ModelGraph, Moments, Signal
 from .ops import NormKind, Op, OpKind
 
@@ -145,7 +145,7 @@ def _settle(op: Op, step: Step, ins: list[Est], ctx: Ctx, ests: dict[str, Est]) 
         second, mean = m.second, m.mean
         slope = sum(ctx.rules[source].expect(torch.as_tensor(g.value, dtype=DTYPE).expand_as(values)) * e.slope
                     for g, e in zip(grads, ins) if isinstance(g, Deriv))
-        unit = min(slope * slope * ests[source].unit, max(second - mean * mean, 0.0))
+        unit = _unit_of(ctx.rules[source], ests[source], values, slope, max(second - mean * mean, 0.0))
     else:
         source, second, mean, unit, slope = op.name, step.second, step.mean, step.unit, 1.0
         rule = matched(step.rule, mean, second) if step.rule is not None else step.gaussian_rule()
@@ -164,6 +164,33 @@ def _settle(op: Op, step: Step, ins: list[Est], ctx: Ctx, ests: dict[str, Est]) 
         second = mean = float("nan")
     rows = step.rows if step.rows is not None else _rows(op, ins, second)
     return Est(second, mean, unit, source, values, slope, op.shape, cf, requires, floating, rows)
+
+
+# From this share of its variance in per-unit offsets, a source's units are told apart by quadrature.
+_OFFSET_SHARE = 0.1
+
+
+def _unit_of(rule: Rule, src: Est, values: torch.Tensor, slope: float, variance: float) -> float:
+    """The variance across units of ``h(z)``, a function of a source ``z = c + e`` (``c`` the unit's offset, of
+    variance ``u``; ``e`` within the unit), whose variance is ``variance``. Small offsets pass by the slope,
+    ``slope^2 u``. Where offsets are a large share of the source (a conv after a sigmoid: each channel nearly a
+    constant), the slope at the centre says nothing of ``h`` at each offset: the variance within units,
+    ``E_c[Var_e h(c + e)]``, is integrated on the grid and the rest is the units'."""
+    u, var = min(src.unit, src.variance), src.variance
+    if not rule.gaussian or u <= _OFFSET_SHARE * var or var <= 0:
+        return min(slope * slope * src.unit, variance)
+    within = compress(*_gauss(0.0, max(var - u, 0.0)), 48)
+    offset = compress(*_gauss(src.mean, u), 48)
+    z = offset.nodes[:, None] + within.nodes[None, :]
+    h = interpolate(z.reshape(-1), rule.nodes, values).reshape(z.shape)
+    w = within.weights[None, :]
+    spread = (h * h * w).sum(1) - (h * w).sum(1) ** 2
+    return min(max(variance - float((offset.weights * spread.clamp(min=0.0)).sum()), 0.0), variance)
+
+
+def _gauss(mean: float, variance: float) -> tuple[torch.Tensor, torch.Tensor]:
+    r = gaussian(mean, variance)
+    return r.nodes, r.weights
 
 
 def _rows(op: Op, ins: list[Est], second: float):
