@@ -8,7 +8,7 @@ from functools import lru_cache
 import torch
 
 from initlint.findings import Fix, Issue, Severity
-from initlint.gains import DTYPE, exact_derivative, gaussian
+from initlint.gains import DTYPE, activation_with_derivative, exact_derivative, gaussian
 from initlint.graph import ModelGraph
 from initlint.ops import Activation, ActivationParams, Op, OpKind
 from initlint.patterns import next_stops, sig
@@ -149,7 +149,7 @@ def _producers(graph: ModelGraph, op: Op) -> list[Op]:
 def _shape(p: ActivationParams) -> tuple[float, float]:
     """The peak slope and the smallest |x| (above 0 for ReLU6) where the slope falls below SLOPE of it."""
     x = torch.linspace(-40.0, 40.0, 160001, dtype=DTYPE)
-    _, d = exact_derivative(p, x)  # without autograd where that is bit-identical (ReLU's family)
+    _, d = activation_with_derivative(p, x)  # closed-form slopes where there are: the same peak and knee
     peak = float(d.abs().max())
     low = (d.abs() < SLOPE * peak) & ((x > 0) if p.fn is Activation.RELU6 else torch.ones_like(x, dtype=torch.bool))
     knee = float(x[low].abs().min()) if bool(low.any()) else math.inf

@@ -130,3 +130,25 @@ def test_near_misses_hardtanh_at_unit_std_relu6_and_self_gates():
             return gelu + h * torch.sigmoid(h)
 
     assert findings(SelfGated(), torch.randn(8, 64)) == []
+
+
+def test_activation_shapes_from_closed_form_slopes_equal_autograd_ones():
+    """The peak slope and knee IL302 reads from closed-form slopes (tanh's 1 - y^2, sigmoid's y(1 - y), ReLU's
+    family) are the ones autograd's slopes give on the same 160,001-point lattice."""
+    import importlib
+    import math
+
+    from initlint.gains import _SLOPES, activation, with_derivative
+    from initlint.ops import ActivationParams
+
+    rule_module = importlib.import_module("initlint.rules.saturated_activation")
+    x = torch.linspace(-40.0, 40.0, 160001, dtype=torch.float64)
+    for fn in _SLOPES:
+        p = ActivationParams(fn)
+        _, d = with_derivative(activation(p), x)
+        peak = float(d.abs().max())
+        low = d.abs() < rule_module.SLOPE * peak
+        if fn.name == "RELU6":
+            low &= x > 0
+        knee = float(x[low].abs().min()) if bool(low.any()) else math.inf
+        assert rule_module._shape.__wrapped__(p) == (peak, knee), fn
