@@ -196,23 +196,12 @@ def test_recurrent_radius_forced_on_a_near_one_radius_not_reproduced(monkeypatch
     assert f.probe.status is NOT_REPRODUCED, dict(f.probe.measured)
 
 
-class Loop(nn.Module):
+def Loop(orthogonal=False):
     """A tanh recurrence by hand, ``h = tanh(W_ih x_t + W_hh h)``: its input layer's biases offset every step."""
+    from benchmarks.cases.weights import LoopRNN
 
-    def __init__(self, orthogonal=False, hidden=48, steps=16):
-        super().__init__()
-        torch.manual_seed(0)
-        self.ih, self.hh = nn.Linear(8, hidden), nn.Linear(hidden, hidden, bias=False)
-        self.head = nn.Linear(hidden, 4)
-        if orthogonal:
-            nn.init.orthogonal_(self.hh.weight)
-        self.hidden, self.steps = hidden, steps
-
-    def forward(self, x):
-        h = torch.zeros(x.shape[0], self.hidden)
-        for t in range(self.steps):
-            h = torch.tanh(self.ih(x[:, t]) + self.hh(h))
-        return self.head(h)
+    torch.manual_seed(0)
+    return LoopRNN(fix=orthogonal)
 
 
 def test_hand_written_recurrence_measured_in_its_linear_regime_confirmed_and_fixed():
