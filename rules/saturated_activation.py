@@ -145,15 +145,44 @@ def _producers(graph: ModelGraph, op: Op) -> list[Op]:
     return [cur] if cur.kind in (OpKind.LINEAR, OpKind.CONV) else []
 
 
+# Activations whose slope is largest at or next to 0 (tanh and sigmoid peak at 0; ReLU's family is 0 or 1):
+# their knee is searched outward from 0, a unit of |x| at a time, instead of over the whole lattice.
+_CENTRED = frozenset({Activation.TANH, Activation.SIGMOID, Activation.RELU, Activation.RELU6, Activation.IDENTITY})
+_CHUNK = 2000  # lattice points per unit of |x|
+
+
 @lru_cache(maxsize=64)
 def _shape(p: ActivationParams) -> tuple[float, float]:
-    """The peak slope and the smallest |x| (above 0 for ReLU6) where the slope falls below SLOPE of it."""
+    """The peak slope and the smallest |x| (above 0 for ReLU6) where the slope falls below SLOPE of it, on the
+    lattice of 160,001 points over [-40, 40]."""
     x = torch.linspace(-40.0, 40.0, 160001, dtype=DTYPE)
+    if p.fn in _CENTRED:
+        return _shape_from_centre(p, x)
     _, d = activation_with_derivative(p, x)  # closed-form slopes where there are: the same peak and knee
     peak = float(d.abs().max())
-    low = (d.abs() < SLOPE * peak) & ((x > 0) if p.fn is Activation.RELU6 else torch.ones_like(x, dtype=torch.bool))
+    low = _low(p, x, d, peak)
     knee = float(x[low].abs().min()) if bool(low.any()) else math.inf
     return peak, knee
+
+
+def _low(p: ActivationParams, x: torch.Tensor, d: torch.Tensor, peak: float) -> torch.Tensor:
+    low = d.abs() < SLOPE * peak
+    return low & (x > 0) if p.fn is Activation.RELU6 else low
+
+
+def _shape_from_centre(p: ActivationParams, x: torch.Tensor) -> tuple[float, float]:
+    """:func:`_shape` for :data:`_CENTRED` activations: the same numbers (the slopes are elementwise closed forms,
+    so a point's slope does not depend on which others are computed with it), from the few units of |x| around 0
+    that hold the knee. A tenth of a millisecond where the whole lattice took 5 (tanh)."""
+    mid = x.numel() // 2  # x[mid] == 0
+    peak = float(activation_with_derivative(p, x[mid - 1:mid + 2])[1].abs().max())
+    for c in range(0, mid // _CHUNK + 1):
+        lo, hi = max(mid - (c + 1) * _CHUNK, 0), mid - c * _CHUNK  # |x| in [c, c + 1) on the left...
+        part = torch.cat([x[lo:hi], x[mid + c * _CHUNK:min(mid + (c + 1) * _CHUNK, x.numel())]])  # ...and right
+        low = _low(p, part, activation_with_derivative(p, part)[1], peak)
+        if bool(low.any()):
+            return peak, float(part[low].abs().min())
+    return peak, math.inf
 
 
 def _self_gated(graph: ModelGraph, op: Op) -> bool:

@@ -8,7 +8,6 @@ PyTorch's function, as the variance engine computes it) at every measured value.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import torch
 
@@ -27,10 +26,11 @@ SLOPE = 0.1
 SATURATED = 0.5
 
 
-@lru_cache(maxsize=64)
 def _peak(p: ActivationParams) -> float:
-    _, d = with_derivative(activation(p), torch.linspace(-40.0, 40.0, 160001, dtype=torch.float64))
-    return float(d.abs().max())
+    """The activation's peak slope on the rule's lattice: the rule's own reading, computed once per process."""
+    from initlint.rules.saturated_activation import _shape
+
+    return _shape(p)[0]
 
 
 def _reducer(p: ActivationParams):
