@@ -211,21 +211,12 @@ _SLOPES: dict[Activation, Callable[[ActivationParams, torch.Tensor, torch.Tensor
 _EXACT_SLOPES = frozenset({Activation.RELU, Activation.RELU6, Activation.HARDTANH, Activation.IDENTITY})
 
 
-def activation_with_derivative(params: ActivationParams, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def activation_with_derivative(params: ActivationParams, x: torch.Tensor,
+                               bit_exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """An activation's values and slopes at every node: in closed form where :data:`_SLOPES` has it, else by
-    autograd."""
-    slope = _SLOPES.get(params.fn)
-    if slope is None:
-        return with_derivative(activation(params), x)
-    x = x.detach()
-    y = activation(params)(x)
-    return y, slope(params, x, y)
-
-
-def exact_derivative(params: ActivationParams, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """An activation's values and slopes, exactly as :func:`with_derivative` gives them, without autograd for
-    the piecewise-linear ones."""
-    if params.fn not in _EXACT_SLOPES:
+    autograd. ``bit_exact``: closed forms only where they equal autograd's bit for bit (:data:`_EXACT_SLOPES`),
+    for callers whose thresholds must not move by a rounding."""
+    if params.fn not in (_EXACT_SLOPES if bit_exact else _SLOPES):
         return with_derivative(activation(params), x)
     x = x.detach()
     y = activation(params)(x)
@@ -250,16 +241,11 @@ class Gain:
 
 def activation_gain(params: ActivationParams, x: Moments) -> Gain:
     """Gains of an activation for ``x ~ N(x.mean, x.variance)``."""
-    return _activation_gain(params, x.mean, x.variance)
-
-
-@lru_cache(maxsize=4096)  # rules ask again for the same activation at the same input along every path
-def _activation_gain(params: ActivationParams, mean: float, variance: float) -> Gain:
-    rule = gaussian(mean, variance)
+    rule = gaussian(x.mean, x.variance)
     y, d = activation_with_derivative(params, rule.nodes)
     return Gain(rule.moments(y), rule.second(d), rule.expect(d))
 
 
 __all__ = ["Rule", "Gain", "gaussian", "gamma", "uniform", "bernoulli", "point", "mixture", "max_of", "matched",
            "compress",
-           "interpolate", "activation", "activation_gain", "activation_with_derivative", "exact_derivative", "with_derivative"]
+           "interpolate", "activation", "activation_gain", "activation_with_derivative", "with_derivative"]

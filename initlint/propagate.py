@@ -179,18 +179,12 @@ def _unit_of(rule: Rule, src: Est, values: torch.Tensor, slope: float, variance:
     u, var = min(src.unit, src.variance), src.variance
     if not rule.gaussian or u <= _OFFSET_SHARE * var or var <= 0:
         return min(slope * slope * src.unit, variance)
-    within = compress(*_gauss(0.0, max(var - u, 0.0)), 48)
-    offset = compress(*_gauss(src.mean, u), 48)
+    within, offset = (compress(g.nodes, g.weights, 48) for g in (gaussian(0.0, var - u), gaussian(src.mean, u)))
     z = offset.nodes[:, None] + within.nodes[None, :]
     h = interpolate(z.reshape(-1), rule.nodes, values).reshape(z.shape)
     w = within.weights[None, :]
     spread = (h * h * w).sum(1) - (h * w).sum(1) ** 2
     return min(max(variance - float((offset.weights * spread.clamp(min=0.0)).sum()), 0.0), variance)
-
-
-def _gauss(mean: float, variance: float) -> tuple[torch.Tensor, torch.Tensor]:
-    r = gaussian(mean, variance)
-    return r.nodes, r.weights
 
 
 def _rows(op: Op, ins: list[Est], second: float):

@@ -8,7 +8,7 @@ from functools import lru_cache
 import torch
 
 from initlint.findings import Fix, Issue, Severity
-from initlint.gains import DTYPE, activation_with_derivative, exact_derivative, gaussian
+from initlint.gains import DTYPE, activation_with_derivative, gaussian
 from initlint.graph import ModelGraph
 from initlint.ops import Activation, ActivationParams, Op, OpKind
 from initlint.patterns import next_stops, sig
@@ -94,7 +94,7 @@ def saturated_activation(op: Op, graph: ModelGraph) -> Issue | None:
     mean, std = x.forward.mean, math.sqrt(x.forward.variance)
     peak, knee = _shape(p)
     rule_ = gaussian(mean, std * std)
-    _, slope = exact_derivative(p, rule_.nodes)
+    _, slope = activation_with_derivative(p, rule_.nodes, bit_exact=True)
     saturated = slope.abs() < SLOPE * peak
     if p.fn is Activation.RELU6:
         saturated &= rule_.nodes > 0  # below 0 it is ReLU's dead half, not saturation
