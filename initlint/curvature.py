@@ -11,6 +11,11 @@ init diverged. So 2/lambda_max is the rate above which the first steps are unsta
 direction, not a rate above which training must fail. The warmup suggested starts at ``1/lambda_max``, half the
 bound, and lets the sharpness adapt before the rate rises.
 
+Power iteration finds the eigenvalue of largest magnitude. At init that can be negative (a Post-LN encoder
+under the default loss: -1.32), a direction of negative curvature that bounds no step size; the iteration is
+then run again on ``H - lambda I``, whose top is the largest eigenvalue (1.3 there). Without a positive one
+there is no bound, and the report says so.
+
 The default loss, for models without labels, is ``0.5 * mean((y - t)^2)`` over the float outputs with targets
 ``t ~ N(0, 1)`` seeded from ``seed``: a regression loss whose Hessian at init reflects the network's Jacobian.
 
@@ -42,8 +47,8 @@ TARGET_SEED = 0x7A6E7
 
 @dataclass(frozen=True)
 class Curvature:
-    lambda_max: float  # the Rayleigh quotient at convergence (the eigenvalue of largest magnitude)
-    lr_bound: float  # 2 / lambda_max
+    lambda_max: float  # the largest eigenvalue (power iteration, shifted when the largest in magnitude is negative)
+    lr_bound: float  # 2 / lambda_max; inf without positive curvature
     warmup_from: float  # 1 / lambda_max: where a warmup should start
     iterations: int  # Hessian-vector products used
     converged: bool
@@ -54,6 +59,9 @@ class Curvature:
 
     def describe(self) -> str:
         state = "" if self.converged else ", not converged"
+        if not math.isfinite(self.lr_bound):
+            return (f"lambda_max {self.lambda_max:.3g} at init ({self.iterations} Hessian-vector products{state}): no "
+                    f"direction of positive curvature, so no step-size bound from it")
         return (f"lambda_max {self.lambda_max:.3g} at init ({self.iterations} Hessian-vector products{state}): "
                 f"gradient descent is unstable along the sharpest direction above lr 2/lambda = {self.lr_bound:.3g}; "
                 f"start a warmup at or below 1/lambda = {self.warmup_from:.3g}")
@@ -101,18 +109,30 @@ def curvature(model: nn.Module, inputs: Any, *, loss_fn: Callable[[Any], torch.T
         grads = torch.autograd.grad(loss, params, create_graph=True)
         gen = torch.Generator().manual_seed(seed)
         v = _normalized([torch.randn(p.shape, generator=gen).to(p.device, p.dtype) for p in params])
-        value, converged, done = math.nan, False, 0
-        for done in range(1, iterations + 1):
-            hv = torch.autograd.grad(grads, params, v, retain_graph=True)
-            new = float(sum((a * b).sum() for a, b in zip(hv, v)))
-            if math.isfinite(value) and abs(new - value) <= tolerance * max(abs(new), 1e-30):
-                value, converged = new, True
-                break
-            value = new
-            v = _normalized([h.detach() for h in hv])
-    lam = abs(value)
+        value, converged, done = _power(grads, params, v, 0.0, iterations, tolerance)
+        if value < 0:
+            # Power iteration finds the eigenvalue of largest magnitude; a negative one is a direction of
+            # negative curvature, no step-size bound. The largest eigenvalue is the top of H - value * I, whose
+            # spectrum is shifted to be nonnegative.
+            top, converged, more = _power(grads, params, v, -value, iterations, tolerance)
+            value, done = top + value, done + more
+    lam = value if value > tolerance * abs(value) else 0.0
     return Curvature(value, 2.0 / lam if lam > 0 else math.inf, 1.0 / lam if lam > 0 else math.inf, done,
                      converged)
+
+
+def _power(grads, params, v, shift: float, iterations: int, tolerance: float) -> tuple[float, bool, int]:
+    """The eigenvalue of largest magnitude of ``H + shift * I`` by power iteration from ``v``: its value, whether
+    it converged, and the Hessian-vector products used."""
+    value, done = math.nan, 0
+    for done in range(1, iterations + 1):
+        hv = [h + shift * x for h, x in zip(torch.autograd.grad(grads, params, v, retain_graph=True), v)]
+        new = float(sum((a * b).sum() for a, b in zip(hv, v)))
+        if math.isfinite(value) and abs(new - value) <= tolerance * max(abs(new), 1e-30):
+            return new, True, done
+        value = new
+        v = _normalized([h.detach() for h in hv])
+    return value, False, done
 
 
 def _normalized(vs: Sequence[torch.Tensor]) -> list[torch.Tensor]:

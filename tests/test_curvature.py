@@ -64,6 +64,31 @@ def test_the_bound_is_exact_on_a_quadratic():
         assert (last > first) is diverges, (factor, first, last)
 
 
+class Saddle(nn.Module):
+    """A parameter vector w with the loss 0.5 w^T H w, H = diag(-3, 1, 0.5): the eigenvalue of largest magnitude
+    is negative."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return self.w
+
+
+def test_a_negative_eigenvalue_of_largest_magnitude_gives_way_to_the_largest_one():
+    """Power iteration alone returns -3, a direction of negative curvature that bounds no step size; the
+    shifted iteration finds the top eigenvalue 1 and the bound 2; with no positive eigenvalue there is none."""
+    for diagonal, top in (((-3.0, 1.0, 0.5), 1.0), ((-3.0, -1.0, -0.5), -0.5)):
+        h = torch.tensor(diagonal)
+        c = curvature(Saddle(), torch.zeros(1), loss_fn=lambda w: 0.5 * (w * h * w).sum())
+        assert abs(c.lambda_max - top) < 1e-2, (diagonal, c.lambda_max)
+        if top > 0:
+            assert abs(c.lr_bound - 2.0 / top) < 2e-2
+        else:
+            assert c.lr_bound == math.inf and "no direction of positive curvature" in c.describe()
+
+
 def test_lambda_grows_with_the_init_gain_as_measured():
     x, _ = data()
     means = {}
