@@ -197,3 +197,37 @@ def test_tensor_attributes_and_unsupported_functions_keep_the_graph_connected():
     assert [(op.kind, op.inputs) for op in g][1:4] == [
         (OpKind.UNKNOWN, ("x",)), (OpKind.PASSTHROUGH, ("fft_fft",)), (OpKind.LINEAR, ("getattr_1",))]
     assert g.unknown == ("torch.fft_fft",)
+
+
+class _RunsOnlyUntraced(nn.Module):
+    """Traces into a graph that fails on the example inputs, while the model's own forward runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        if isinstance(x, torch.fx.Proxy):  # symbolic tracing only
+            x = x.reshape(-1, 7)  # 2 x 8 elements: fails when the traced graph runs
+        return self.fc(x)
+
+
+def test_a_traced_graph_that_does_not_run_falls_back_to_export_with_a_note():
+    g = _graph(_RunsOnlyUntraced(), torch.randn(2, 8))
+    assert g.capture is Capture.EXPORT
+    assert any(n.startswith("the traced graph did not run (RuntimeError: shape '[-1, 7]'") for n in g.notes), g.notes
+
+
+def test_shape_pass_records_every_node_as_shape_prop_does():
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    from initlint.capture import fx as fx_mod
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    x = torch.randn(2, 3, 8, 8)
+    gm, values = fx_mod.trace(model, from_instance(model, (x,)).inputs)
+    fx_mod.propagate_shapes(gm, values)
+    ShapeProp(gm).propagate(x)
+    for node in gm.graph.nodes:
+        meta = node.meta["tensor_meta"]
+        assert node.meta["initlint_shape"] == (tuple(meta.shape), str(meta.dtype).removeprefix("torch.")), node

@@ -61,15 +61,62 @@ def trace(model: nn.Module, inputs: ExampleInputs) -> tuple[torch.fx.GraphModule
     return gm, values
 
 
-class _Shapes(torch.fx.Interpreter):
-    """ShapeProp's job, minus its printing of tracebacks: record each node's output shape and dtype."""
+def propagate_shapes(gm: torch.fx.GraphModule, values: list[Any]) -> None:
+    """ShapeProp's job, by one loop over the nodes: run each on the example values and record its output's shape
+    and dtype in ``node.meta``. What ``torch.fx.Interpreter.run`` computes (placeholders from ``values``, then
+    their defaults; attributes and submodules from ``gm``; each value dropped after its last use), without its
+    per-run set-up (a table of every submodule, a progress bar) and per-node dispatch: a fixed cost of a few
+    hundred microseconds to milliseconds on ms-sized models."""
+    nodes = gm.graph.nodes
+    last_uses: dict[torch.fx.Node, list[torch.fx.Node]] = {}
+    seen: set[torch.fx.Node] = set()
+    for node in reversed(nodes):
+        for n in node.all_input_nodes:
+            if n not in seen:
+                seen.add(n)
+                last_uses.setdefault(node, []).append(n)
+    env: dict[torch.fx.Node, Any] = {}
+    load = env.__getitem__
+    args_iter = iter(gm.graph.process_inputs(*values))
+    with torch.no_grad():
+        for node in nodes:
+            op = node.op
+            if op == "placeholder":
+                result = _placeholder(node, args_iter)
+            elif op == "output":
+                result = torch.fx.node.map_arg(node.args[0], load)
+            else:
+                args = torch.fx.node.map_arg(node.args, load)
+                kwargs = torch.fx.node.map_arg(node.kwargs, load)
+                if op == "call_function":
+                    result = node.target(*args, **kwargs)
+                elif op == "call_method":
+                    self_obj, *tail = args
+                    result = getattr(self_obj, node.target)(*tail, **kwargs)
+                elif op == "call_module":
+                    result = _fetch(gm, node.target)(*args, **kwargs)
+                elif op == "get_attr":
+                    result = _fetch(gm, node.target)
+                else:  # pragma: no cover - fx has no other node kinds
+                    raise RuntimeError(f"unknown fx node kind {op!r}")
+            env[node] = result
+            node.meta[_SHAPE] = shape_and_dtype(result) if _has_tensor(result) else (None, None)
+            if op == "output":
+                return
+            for dead in last_uses.get(node, ()):
+                del env[dead]
 
-    extra_traceback = False
 
-    def run_node(self, n: torch.fx.Node) -> Any:
-        result = super().run_node(n)
-        n.meta[_SHAPE] = shape_and_dtype(result) if _has_tensor(result) else (None, None)
-        return result
+def _placeholder(node: torch.fx.Node, args_iter) -> Any:
+    if node.target.startswith("*"):
+        return list(args_iter)
+    try:
+        return next(args_iter)
+    except StopIteration as si:
+        if node.args:
+            return node.args[0]
+        raise RuntimeError(f"Expected positional argument for parameter {node.target}, but one was not passed in!") \
+            from si
 
 
 def _has_tensor(value: Any) -> bool:
@@ -78,11 +125,6 @@ def _has_tensor(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return any(_has_tensor(v) for v in value)
     return False
-
-
-def propagate_shapes(gm: torch.fx.GraphModule, values: list[Any]) -> None:
-    with torch.no_grad():
-        _Shapes(gm).run(*values)
 
 
 def to_graph(gm: torch.fx.GraphModule, model: nn.Module, name: str, sites: dict[int, Location],
@@ -146,6 +188,8 @@ def _method_name(target: str) -> str:
 
 def _fetch(gm: torch.fx.GraphModule, target: str):
     obj: Any = gm
-    for part in target.split("."):
+    for i, part in enumerate(target.split(".")):
+        if not hasattr(obj, part):
+            raise RuntimeError(f"Node referenced nonexistent target {'.'.join(target.split('.')[:i + 1])}")
         obj = getattr(obj, part)
     return obj
