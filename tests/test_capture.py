@@ -225,9 +225,9 @@ def test_shape_pass_records_every_node_as_shape_prop_does():
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
     x = torch.randn(2, 3, 8, 8)
-    gm, values = fx_mod.trace(model, from_instance(model, (x,)).inputs)
-    fx_mod.propagate_shapes(gm, values)
-    ShapeProp(gm).propagate(x)
-    for node in gm.graph.nodes:
+    graph, values = fx_mod.trace(model, from_instance(model, (x,)).inputs)
+    fx_mod.propagate_shapes(model, graph, values)
+    ShapeProp(fx_mod.graph_module(model, graph)).propagate(x)
+    for node in graph.nodes:
         meta = node.meta["tensor_meta"]
         assert node.meta["initlint_shape"] == (tuple(meta.shape), str(meta.dtype).removeprefix("torch.")), node

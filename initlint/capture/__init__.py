@@ -38,18 +38,18 @@ def capture_program(target: Target, force: str | None = None) -> tuple[ModelGrap
     with preserved(model):
         if force in (None, "fx"):
             try:
-                gm, values = fx_mod.trace(model, inputs)
+                fx_graph, values = fx_mod.trace(model, inputs)
             except Exception as exc:
                 notes.append(f"torch.fx could not trace the model ({describe_exception(exc)})")
             else:
                 try:
-                    fx_mod.propagate_shapes(gm, values)
+                    fx_mod.propagate_shapes(model, fx_graph, values)
                 except Exception as exc:
                     _check_forward(target)  # raises InputsError when the model itself fails on the inputs
                     notes.append(f"the traced graph did not run ({describe_exception(exc)})")
                 else:
-                    graph = fx_mod.to_graph(gm, model, target.name, target.sites, tuple(notes))
-                    return graph, Program(Capture.FX, model, inputs, graph_module=gm, values=tuple(values))
+                    graph = fx_mod.to_graph(fx_graph, model, target.name, target.sites, tuple(notes))
+                    return graph, Program(Capture.FX, model, inputs, values=tuple(values), fx_graph=fx_graph)
         if force in (None, "export"):
             try:
                 ep, prefix = export_mod.export(model, inputs)

@@ -41,8 +41,10 @@ class Tracer(torch.fx.Tracer):
         return proxy
 
 
-def trace(model: nn.Module, inputs: ExampleInputs) -> tuple[torch.fx.GraphModule, list[Any]]:
-    """Trace ``model`` and return the graph module with the values of its placeholders."""
+def trace(model: nn.Module, inputs: ExampleInputs) -> tuple[torch.fx.Graph, list[Any]]:
+    """Trace ``model`` and return the graph with the values of its placeholders. Its targets are paths in
+    ``model`` (the tracer's root); the ``GraphModule`` a measurement runs is built from both on first use
+    (:func:`graph_module`): a lint never runs one."""
     sig = inspect.signature(model.forward)
     bound = sig.bind(*inputs.args, **inputs.kwargs)
     concrete: dict[str, Any] = {}
@@ -56,18 +58,22 @@ def trace(model: nn.Module, inputs: ExampleInputs) -> tuple[torch.fx.GraphModule
         raise TypeError("forward takes *args or **kwargs, which symbolic tracing cannot bind")
     tracer = Tracer()
     graph = tracer.trace(model, concrete_args=concrete or None)
-    gm = _GraphModule(tracer.root, graph, type(model).__name__)
     values = [bound.arguments[n.target] for n in graph.nodes if n.op == "placeholder" and n.target in bound.arguments]
-    return gm, values
+    return graph, values
 
 
-def propagate_shapes(gm: torch.fx.GraphModule, values: list[Any]) -> None:
+def graph_module(model: nn.Module, graph: torch.fx.Graph) -> torch.fx.GraphModule:
+    """The runnable module of a traced graph: ``model``'s submodules and tensors at the graph's targets."""
+    return _GraphModule(model, graph, type(model).__name__)
+
+
+def propagate_shapes(root: nn.Module, graph: torch.fx.Graph, values: list[Any]) -> None:
     """ShapeProp's job, by one loop over the nodes: run each on the example values and record its output's shape
     and dtype in ``node.meta``. What ``torch.fx.Interpreter.run`` computes (placeholders from ``values``, then
-    their defaults; attributes and submodules from ``gm``; each value dropped after its last use), without its
+    their defaults; attributes and submodules from ``root``; each value dropped after its last use), without its
     per-run set-up (a table of every submodule, a progress bar) and per-node dispatch: a fixed cost of a few
     hundred microseconds to milliseconds on ms-sized models."""
-    nodes = gm.graph.nodes
+    nodes = graph.nodes
     last_uses: dict[torch.fx.Node, list[torch.fx.Node]] = {}
     seen: set[torch.fx.Node] = set()
     for node in reversed(nodes):
@@ -77,7 +83,7 @@ def propagate_shapes(gm: torch.fx.GraphModule, values: list[Any]) -> None:
                 last_uses.setdefault(node, []).append(n)
     env: dict[torch.fx.Node, Any] = {}
     load = env.__getitem__
-    args_iter = iter(gm.graph.process_inputs(*values))
+    args_iter = iter(graph.process_inputs(*values))
     with torch.no_grad():
         for node in nodes:
             op = node.op
@@ -94,9 +100,9 @@ def propagate_shapes(gm: torch.fx.GraphModule, values: list[Any]) -> None:
                     self_obj, *tail = args
                     result = getattr(self_obj, node.target)(*tail, **kwargs)
                 elif op == "call_module":
-                    result = _fetch(gm, node.target)(*args, **kwargs)
+                    result = _fetch(root, node.target)(*args, **kwargs)
                 elif op == "get_attr":
-                    result = _fetch(gm, node.target)
+                    result = _fetch(root, node.target)
                 else:  # pragma: no cover - fx has no other node kinds
                     raise RuntimeError(f"unknown fx node kind {op!r}")
             env[node] = result
@@ -127,13 +133,13 @@ def _has_tensor(value: Any) -> bool:
     return False
 
 
-def to_graph(gm: torch.fx.GraphModule, model: nn.Module, name: str, sites: dict[int, Location],
+def to_graph(graph: torch.fx.Graph, model: nn.Module, name: str, sites: dict[int, Location],
              notes: tuple[str, ...] = ()):
     with torch.no_grad():  # weight statistics: the same values, without autograd's bookkeeping on each call
-        return _to_graph(gm, model, name, sites, notes)
+        return _to_graph(graph, model, name, sites, notes)
 
 
-def _to_graph(gm: torch.fx.GraphModule, model: nn.Module, name: str, sites: dict[int, Location],
+def _to_graph(graph: torch.fx.Graph, model: nn.Module, name: str, sites: dict[int, Location],
               notes: tuple[str, ...]):
     asm = Assembler(model, sites)
     env: dict[str, Any] = {}
@@ -142,7 +148,7 @@ def _to_graph(gm: torch.fx.GraphModule, model: nn.Module, name: str, sites: dict
         return torch.fx.node.map_arg(a, lambda n: env.get(n.name, OPAQUE))
 
     outputs: list[Ref] = []
-    for node in gm.graph.nodes:
+    for node in graph.nodes:
         shape, dtype = node.meta.get(_SHAPE, (None, None))
         loc = node.meta.get(_LOC)
         stack = node.meta.get("nn_module_stack") or {}
@@ -155,7 +161,7 @@ def _to_graph(gm: torch.fx.GraphModule, model: nn.Module, name: str, sites: dict
 
             env[node.name] = asm.add(Op(node.name, OpKind.INPUT, "input", shape=shape, dtype=dtype))
         elif node.op == "get_attr":
-            value = _fetch(gm, node.target)
+            value = _fetch(model, node.target)
             if isinstance(value, torch.Tensor):
                 qual = asm.qualname_of(value) or node.target
                 env[node.name] = asm.param(qual, value, node.name)
@@ -164,7 +170,7 @@ def _to_graph(gm: torch.fx.GraphModule, model: nn.Module, name: str, sites: dict
         elif node.op == "call_module":
             leaf = asm.module_at(node.target)
             if leaf is None:
-                leaf = gm.get_submodule(node.target)
+                leaf = model.get_submodule(node.target)
             call = Call(type(leaf).__name__, list(resolve(node.args)), dict(resolve(node.kwargs)))
             env[node.name] = asm.call(node.name, call, f"nn.{type(leaf).__name__}", node.target, loc, shape, dtype,
                                       leaf=leaf)
@@ -186,8 +192,8 @@ def _method_name(target: str) -> str:
     return canonical(target)
 
 
-def _fetch(gm: torch.fx.GraphModule, target: str):
-    obj: Any = gm
+def _fetch(root: nn.Module, target: str):
+    obj: Any = root
     for i, part in enumerate(target.split(".")):
         if not hasattr(obj, part):
             raise RuntimeError(f"Node referenced nonexistent target {'.'.join(target.split('.')[:i + 1])}")

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ class Program:
     """The runnable behind a :class:`~initlint.graph.ModelGraph`.
 
     ``fx``: the traced ``GraphModule`` (sharing the model's leaf modules), called with ``values``, the
-    placeholders' values. ``export``: the ``ExportedProgram``; :meth:`module` gives a fresh runnable module
+    placeholders' values; built from ``fx_graph`` on first use (a lint without measurements never runs it). ``export``: the ``ExportedProgram``; :meth:`module` gives a fresh runnable module
     each call (parameters and buffers shared with the model). ``hooks``: nothing but the model itself.
     ``prefix``: the module-path prefix an export wrapper added ("" when none).
     """
@@ -33,11 +34,20 @@ class Program:
     capture: Capture
     model: nn.Module = field(repr=False)
     inputs: ExampleInputs = field(repr=False)
-    graph_module: torch.fx.GraphModule | None = field(default=None, repr=False)
     exported: Any = field(default=None, repr=False)  # torch.export.ExportedProgram
     values: tuple = field(default=(), repr=False)
     prefix: str = ""
     cache: dict = field(default_factory=dict, repr=False, compare=False)  # what runs of it may reuse
+    fx_graph: torch.fx.Graph | None = field(default=None, repr=False)  # fx: the traced graph (targets in `model`)
+
+    @cached_property
+    def graph_module(self) -> torch.fx.GraphModule | None:
+        """fx: the runnable ``GraphModule`` of ``fx_graph``, the same one on every access."""
+        if self.fx_graph is None:
+            return None
+        from .fx import graph_module
+
+        return graph_module(self.model, self.fx_graph)
 
     def module(self) -> torch.fx.GraphModule | None:
         if self.capture is Capture.FX:
