@@ -152,3 +152,55 @@ def test_activation_shapes_from_closed_form_slopes_equal_autograd_ones():
             low &= x > 0
         knee = float(x[low].abs().min()) if bool(low.any()) else math.inf
         assert rule_module._shape.__wrapped__(p) == (peak, knee), fn
+
+
+def _bounded_params():
+    from initlint.ops import Activation, ActivationParams
+
+    return [ActivationParams(fn) for fn in (Activation.TANH, Activation.SIGMOID, Activation.SOFTSIGN,
+                                            Activation.HARDSIGMOID, Activation.RELU6, Activation.HARDTANH)] + [
+        ActivationParams(Activation.HARDTANH, min_val=-2.0, max_val=0.5),
+        ActivationParams(Activation.HARDTANH, min_val=0.5, max_val=2.0),
+    ]
+
+
+def _saturated(rule_module, p, x, peak):
+    """The rule's own test of saturation at the points ``x``."""
+    from initlint.gains import activation_with_derivative
+    from initlint.ops import Activation
+
+    _, slope = activation_with_derivative(p, x, bit_exact=True)
+    saturated = slope.abs() < rule_module.SLOPE * peak
+    return saturated & (x > 0) if p.fn is Activation.RELU6 else saturated
+
+
+def test_no_unit_inside_the_unsaturated_radius_is_saturated():
+    """IL302 skips the slopes where the nodes beyond ``_unsaturated_radius`` weigh under half: no point inside it
+    may be saturated by the rule's own test (peak from the lattice, slopes as the rule computes them), and the
+    radius is no further out than the lattice's knee."""
+    import importlib
+
+    rule_module = importlib.import_module("initlint.rules.saturated_activation")
+    for p in _bounded_params():
+        r = rule_module._unsaturated_radius(p)
+        peak, knee = rule_module._shape.__wrapped__(p)
+        assert 0 <= r <= knee, (p, r, knee)
+        if r > 0:
+            x = torch.linspace(-r, r, 400001, dtype=torch.float64)[1:-1]
+            assert not bool(_saturated(rule_module, p, x, peak).any()), p
+
+
+def test_the_saturated_fraction_never_exceeds_the_weight_beyond_the_radius():
+    import importlib
+
+    from initlint.gains import DTYPE, gaussian
+
+    rule_module = importlib.import_module("initlint.rules.saturated_activation")
+    gen = torch.Generator().manual_seed(0)
+    for p in _bounded_params():
+        r = rule_module._unsaturated_radius(p)
+        peak, _ = rule_module._shape.__wrapped__(p)
+        for mean, log_std in torch.randn(200, 2, generator=gen, dtype=torch.float64).tolist():
+            rule_ = gaussian(3 * mean, math.exp(2 * log_std) ** 2)
+            fraction = rule_.expect(_saturated(rule_module, p, rule_.nodes, peak).to(DTYPE))
+            assert fraction <= rule_.expect((rule_.nodes.abs() >= r).to(DTYPE)) + 1e-12, (p, mean, log_std)
