@@ -140,7 +140,8 @@ def _class_location(cls: type) -> Location | None:
     # One `class Name` line in the file is the definition: found by a scan of its lines, where
     # inspect.getsourcelines parses the whole file (10 ms on a few hundred lines, a lint's cost on small models).
     pattern = re.compile(rf"\s*class\s+{re.escape(cls.__name__)}\b")
-    found = [i for i, text in enumerate(linecache.getlines(path), 1) if pattern.match(text)]
+    name = cls.__name__
+    found = [i for i, text in enumerate(linecache.getlines(path), 1) if name in text and pattern.match(text)]
     if len(found) == 1:
         line = found[0]
     else:
