@@ -19,6 +19,7 @@ True
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 from .ops import ConvParams
 
@@ -53,7 +54,17 @@ def conv_fans(params: ConvParams, in_shape, out_shape) -> tuple[float, float, fl
     ``in/groups * prod_d sum_t f_t^2``, with ``f_t`` the fraction of output positions where tap ``t`` lands.
     It is ``fan_in`` in the interior of a conv, less at zero-padded borders and ``fan_in / s^D`` for a
     transposed conv, whose phases each see their own offset.
+
+    Memoized (a pure function of a frozen record and two shapes): the engine and IL303 ask it for the same
+    convs, and a model's repeated blocks for the same configuration.
     """
+    if not in_shape or not out_shape:
+        return None
+    return _conv_fans(params, tuple(in_shape), tuple(out_shape))
+
+
+@lru_cache(maxsize=4096)
+def _conv_fans(params: ConvParams, in_shape: tuple, out_shape: tuple) -> tuple[float, float, float] | None:
     dims = params.dims
     if not in_shape or not out_shape or len(in_shape) < dims + 1 or len(out_shape) < dims + 1:
         return None
