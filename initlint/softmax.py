@@ -17,7 +17,7 @@ It reads no model and is the same on every run.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
@@ -34,13 +34,21 @@ class SoftmaxStats:
     ``p2``: ``E[p_ij^2]`` over all ``n_q * n_k`` entries (masked entries count as zeros).
     ``jacobian``: ``E[(p_ij (d_ij - sum_k p_ik d_ik))^2]`` for unit, independent upstream gradients ``d``:
     the backward gain of the softmax per entry.
-    ``log_second`` and ``log_mean``: moments of ``log p`` over the unmasked entries (for ``log_softmax``).
+    ``log_second`` and ``log_mean``: moments of ``log p`` over the unmasked entries (for ``log_softmax``),
+    computed when first read: attention and ``softmax`` need only the first two.
     """
 
     p2: float
     jacobian: float
-    log_second: float
-    log_mean: float
+    key: tuple[int, int, float, bool] = field(default=(1, 1, 0.0, False), repr=False, compare=False)
+
+    @property
+    def log_second(self) -> float:
+        return _log_stats(*self.key)[0]
+
+    @property
+    def log_mean(self) -> float:
+        return _log_stats(*self.key)[1]
 
 
 def softmax_stats(n_q: int, n_k: int, variance: float, causal: bool = False) -> SoftmaxStats:
@@ -51,21 +59,46 @@ def softmax_stats(n_q: int, n_k: int, variance: float, causal: bool = False) -> 
 
 @lru_cache(maxsize=512)
 def _stats(n_q: int, n_k: int, variance: float, causal: bool) -> SoftmaxStats:
-    z, d, mask, live = _draws(n_q, n_k, causal)
+    """``p2`` and ``jacobian`` on the draws laid out keys first (:func:`_keys_first`): the sums over keys add
+    whole rows of draws, and ``p = e / sum(e)`` with ``e = exp(l - max l)`` takes one exponential (a
+    ``log_softmax`` and its ``exp`` took two and a logarithm; the same numbers to rounding). Every pass
+    writes into the two scratch matrices of the shape: a fresh matrix of this size is fresh memory, and
+    faulting it in cost as much as the arithmetic."""
+    z, d, mask, p, jac = _keys_first(n_q, n_k, causal)
+    torch.mul(z, math.sqrt(variance), out=p)
+    if mask is not None:
+        p.masked_fill_(mask, -math.inf)
+    p.sub_(p.amax(0)).exp_()
+    p.div_(p.sum(0))
+    torch.mul(p, d, out=jac)
+    torch.sub(d, jac.sum(0), out=jac).mul_(p)
+    n = p.numel()
+    flat, jflat = p.view(-1), jac.view(-1)
+    return SoftmaxStats(float(torch.dot(flat, flat)) / n, float(torch.dot(jflat, jflat)) / n,
+                        (n_q, n_k, variance, causal))
+
+
+@lru_cache(maxsize=512)
+def _log_stats(n_q: int, n_k: int, variance: float, causal: bool) -> tuple[float, float]:
+    """``(E[(log p)^2], E[log p])`` over the unmasked entries."""
+    z, _, mask, live = _draws(n_q, n_k, causal)
     logits = z * math.sqrt(variance)
     if mask is not None:
         logits.masked_fill_(mask, -math.inf)
     logp = torch.log_softmax(logits, dim=-1)
-    p = logp.exp()
-    jac = p * d
-    jac = torch.sub(d, jac.sum(-1, keepdim=True), out=jac).mul_(p)
     logp = logp.view(-1) if live is None else logp.view(-1).index_select(0, live)
-    return SoftmaxStats(
-        p2=float(p.mul_(p).mean()),
-        jacobian=float(jac.mul_(jac).mean()),
-        log_second=float((logp * logp).mean()),
-        log_mean=float(logp.mean()),
-    )
+    return float((logp * logp).mean()), float(logp.mean())
+
+
+@lru_cache(maxsize=4)
+def _keys_first(n_q: int, n_k: int, causal: bool):
+    """:func:`_draws` as ``(n_k, draws)`` matrices: the logits, the upstream gradients, the masked entries (or
+    ``None``), and two scratch matrices of that shape for :func:`_stats`."""
+    z, d, mask, _ = _draws(n_q, n_k, causal)
+    flat = (-1, n_k)
+    zt, dt = z.reshape(flat).t().contiguous(), d.reshape(flat).t().contiguous()
+    masked = None if mask is None else mask.expand(z.shape).reshape(flat).t().contiguous()
+    return zt, dt, masked, torch.empty_like(zt), torch.empty_like(zt)
 
 
 @lru_cache(maxsize=4)
