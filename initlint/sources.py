@@ -59,19 +59,31 @@ def _display_path(path: str, cwd: str) -> str:
     return path if rel.startswith("..") else rel
 
 
-def user_frame(skip: int = 1) -> Location | None:
-    """The innermost frame of the caller's stack that is user code."""
+_OWN, _OTHER = object(), object()  # what a code object is, when it is not user code (that is its display path)
+
+
+def user_frame(skip: int = 1, memo: dict | None = None) -> Location | None:
+    """The innermost frame of the caller's stack that is user code.
+
+    ``memo``: a dict the caller keeps for one capture, from code objects to what they are (user code's display
+    path, initlint's own, other): a traced op's stack is mostly the same few frames of torch.fx and torch.nn."""
     frame = sys._getframe(skip)
     left_initlint = False
     while frame is not None:
-        path = frame.f_code.co_filename
-        if is_user_file(path):
-            return Location(display_path(path), frame.f_lineno, frame.f_code.co_name)
-        if _is_own(path):
+        code = frame.f_code
+        kind = memo.get(code) if memo is not None else None
+        if kind is None:
+            path = code.co_filename
+            kind = display_path(path) if is_user_file(path) else _OWN if _is_own(path) else _OTHER
+            if memo is not None:
+                memo[code] = kind
+        if kind is _OWN:
             if left_initlint:  # back in initlint's caller side: the model's code had no user frame
                 return None
-        else:
+        elif kind is _OTHER:
             left_initlint = True
+        else:
+            return Location(kind, frame.f_lineno, code.co_name)
         frame = frame.f_back
     return None
 

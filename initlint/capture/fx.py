@@ -31,13 +31,17 @@ _SHAPE = "initlint_shape"
 
 
 class Tracer(torch.fx.Tracer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._frames: dict = {}  # code object -> what it is, for user_frame: one classification per trace
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return is_known_leaf(m)
 
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, *rest, **kw):
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, *rest, **kw)
         if kind not in ("placeholder", "output"):
-            proxy.node.meta[_LOC] = user_frame(2)
+            proxy.node.meta[_LOC] = user_frame(2, self._frames)
         return proxy
 
 
