@@ -43,7 +43,7 @@ from .findings import Finding, ProbeResult, ProbeStatus
 from .graph import ModelGraph
 from .load import Target
 from .ops import Capture
-from .probes import Probe, probe_for, repairs
+from .probes import PROBES, Probe, probe_for, repairs
 from .probes.records import Context, Edit, Evidence, Measurement, Needs, Unrepairable
 from .probes.runner import MAX_BATCH, MAX_SPATIAL, Runnable, capped, edited_module, run_pass
 from .state import preserved
@@ -184,7 +184,10 @@ def _verify(program, graph, runnable, model, findings, chosen, needs, before, de
 
 
 def _repaired(program, graph, runnable, model, findings, chosen, needs, before, group, dev, options):
-    twin = copy.deepcopy(model)
+    # built-in repairs write parameters only through `repairs`, so their copy shares what they leave alone; a
+    # third-party repair gets a full deep copy
+    builtin = all(chosen[i] is PROBES.get(findings[i].code) for i in group)
+    twin = repairs.twin(model) if builtin else copy.deepcopy(model)
     edits: list[Edit] = []
     applied, results = [], {}
     with torch.no_grad():
@@ -202,7 +205,6 @@ def _repaired(program, graph, runnable, model, findings, chosen, needs, before, 
                 continue
             edits += found
             applied.append(i)
-    repairs.forget(twin)
     if not applied:
         return results
     fixed = Runnable.of(program, graph, twin, edits).with_inputs(runnable.inputs, runnable.values)
@@ -247,7 +249,6 @@ def fix(model: nn.Module, report, example_inputs=None) -> nn.Module:
                 edits += p.repair(twin, f, tr.graph)
             except Unrepairable:
                 continue
-    repairs.forget(twin)
     if not edits:
         return twin
     graph, program = capture_program(from_instance(twin, example_inputs))

@@ -102,6 +102,7 @@ def clone_repair(model: nn.Module, finding: Finding, graph: ModelGraph) -> tuple
     blocks = clone_blocks(graph, finding)
     for i, block in enumerate(blocks):
         module = repairs.submodule(model, block.path)
+        repairs.own(model, module)  # reset_parameters writes in place
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(repairs.REPAIR_SEED + i)
             for m in module.modules():

@@ -1,6 +1,11 @@
 """The machine forms of fixes that many probes share: re-initialize, rescale or zero a named parameter of the
-deep copy a repair works on. Draws come from a generator seeded per parameter name, so a repair is the same on
+copy a repair works on. Draws come from a generator seeded per parameter name, so a repair is the same on
 every run and never touches the global random number generators.
+
+The probe stage's copy is a :func:`twin`: a deep copy of the modules and buffers that shares the parameters
+with the user's model until a repair writes one (copy on write: :func:`writable` gives the copy its own tensor
+first). A model of a hundred megabytes is not cloned to re-initialize one layer. Every write a built-in repair
+makes goes through this module (:func:`writable`, :func:`own`).
 
 >>> from torch import nn
 >>> m = nn.Linear(4, 4)
@@ -11,6 +16,7 @@ True
 
 from __future__ import annotations
 
+import copy
 import weakref
 import zlib
 
@@ -32,50 +38,95 @@ def parameter(model: nn.Module, name: str) -> torch.Tensor:
             raise Unrepairable(f"`{name}` is not a parameter of the model") from None
 
 
+# Twins by the ids of the parameters they still share with the model they were made from.
+_SHARED: "weakref.WeakKeyDictionary[nn.Module, set[int]]" = weakref.WeakKeyDictionary()
+
+
+def twin(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` for repairs: modules, buffers and other state deep-copied, parameters shared until a
+    repair writes them through :func:`writable` or :func:`own`. Nothing that writes a parameter in place by
+    another path may be given one (a third-party repair gets a full ``copy.deepcopy``)."""
+    params = [p for m in model.modules() for p in m._parameters.values() if p is not None]
+    copied = copy.deepcopy(model, {id(p): p for p in params})
+    _SHARED[copied] = {id(p) for p in params}
+    return copied
+
+
+def _unshare(model: nn.Module, p: torch.Tensor, new: torch.Tensor | None = None) -> torch.Tensor:
+    """``p``, or, where ``model`` is a twin still sharing it, a copy of it (or ``new``) put in its place everywhere
+    in ``model`` (tied uses stay tied; ``setattr``, so that modules that keep lists of their weights, RNNs, see
+    it)."""
+    shared = _SHARED.get(model)
+    if shared is None or id(p) not in shared:
+        return p
+    new = copy.deepcopy(p) if new is None else new
+    for m in model.modules():
+        for k, v in list(m._parameters.items()):
+            if v is p:
+                setattr(m, k, new)
+    shared.discard(id(p))
+    return new
+
+
+def writable(model: nn.Module, name: str) -> torch.Tensor:
+    """The parameter (or buffer) ``name`` of ``model``, its own to write in place (see :func:`twin`)."""
+    return _unshare(model, parameter(model, name))
+
+
+def own(model: nn.Module, module: nn.Module) -> None:
+    """Every parameter under ``module`` (a submodule of ``model``) made ``model``'s own to write in place."""
+    for p in [p for m in module.modules() for p in m._parameters.values() if p is not None]:
+        _unshare(model, p)
+
+
 def generator(name: str, device: torch.device | str = "cpu") -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(REPAIR_SEED ^ zlib.crc32(name.encode()))
 
 
-# Unit normal draws per model copy, by parameter name and shape: the repairs of several findings on one layer
-# (IL101, IL301 and IL303 on the same weight) re-initialize it from the same seeded draw, drawn once.
-_DRAWS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
-
-
-def _unit_draw(model: nn.Module, name: str, shape: torch.Size) -> torch.Tensor:
-    drawn = _DRAWS.setdefault(model, {})
-    key = (name, tuple(shape))
-    if key not in drawn:
-        drawn[key] = torch.randn(shape, generator=generator(name), dtype=torch.float32)
-    return drawn[key]
+def _unit_draw(name: str, shape: torch.Size) -> torch.Tensor:
+    """Unit normal draws from the parameter's own seeded generator: the repairs of several findings on one layer
+    (IL101, IL301 and IL303 on the same weight) re-initialize it from the same draw."""
+    return torch.randn(shape, generator=generator(name), dtype=torch.float32)
 
 
 def forget(model: nn.Module) -> None:
-    """Drop the draws kept for ``model`` (a copy handed to the user keeps none)."""
-    _DRAWS.pop(model, None)
+    """Nothing to drop: draws are not kept (kept for callers of an earlier version)."""
 
 
 def reinit_normal(model: nn.Module, name: str, std: float, rows: slice | None = None) -> None:
     """``nn.init.normal_(model.get_parameter(name), 0, std)`` (only ``rows`` of it when given), seeded."""
     p = parameter(model, name)
+    shared = _SHARED.get(model)
+    if rows is None and shared is not None and id(p) in shared and type(p) is nn.Parameter \
+            and p.dtype == torch.float32 and p.device.type == "cpu":
+        # a twin's shared weight re-drawn whole: the draw becomes its own tensor (no copy of the old one to overwrite)
+        new = nn.Parameter(_unit_draw(name, p.shape).mul_(std), requires_grad=p.requires_grad)
+        _unshare(model, p, new)
+        return
+    p = writable(model, name)
     target = p if rows is None else p[rows]
-    draw = _unit_draw(model, name, target.shape) * std
+    unit = _unit_draw(name, target.shape)
     with torch.no_grad():
-        target.copy_(draw.to(p.device, p.dtype))
+        if p.dtype == unit.dtype:  # the same values as ``unit * std``, without a temporary of the layer's size
+            target.copy_(unit)
+            target.mul_(std)
+        else:
+            target.copy_((unit * std).to(p.device, p.dtype))
 
 
 def scale(model: nn.Module, name: str, factor: float, rows: slice | None = None) -> None:
-    p = parameter(model, name)
+    p = writable(model, name)
     with torch.no_grad():
         (p if rows is None else p[rows]).mul_(factor)
 
 
 def zero(model: nn.Module, name: str) -> None:
     with torch.no_grad():
-        parameter(model, name).zero_()
+        writable(model, name).zero_()
 
 
 def orthogonal(model: nn.Module, name: str) -> None:
-    p = parameter(model, name)
+    p = writable(model, name)
     q = torch.empty(p.shape, dtype=torch.float32)
     gen = generator(name)
     a = torch.randn(p.shape, generator=gen, dtype=torch.float64)
@@ -86,7 +137,7 @@ def orthogonal(model: nn.Module, name: str) -> None:
 
 
 def eye(model: nn.Module, name: str) -> None:
-    p = parameter(model, name)
+    p = writable(model, name)
     with torch.no_grad():
         p.copy_(torch.eye(*p.shape, dtype=p.dtype, device=p.device))
 
@@ -106,5 +157,5 @@ def replace(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(submodule(model, parent), leaf, new)
 
 
-__all__ = ["parameter", "reinit_normal", "forget", "scale", "zero", "orthogonal", "eye", "submodule", "replace",
+__all__ = ["parameter", "twin", "writable", "own", "reinit_normal", "forget", "scale", "zero", "orthogonal", "eye", "submodule", "replace",
            "REPAIR_SEED"]
