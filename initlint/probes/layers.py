@@ -8,7 +8,6 @@ on many samples of unit input makes it exact where the example batch would be sm
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 
@@ -105,14 +104,15 @@ def phase_moments(module: nn.Module, p: ConvParams, seed: int) -> list[float]:
     per_sample = p.out_channels * math.prod(max(n - 2 * m, 0) / s for n, m, s in zip(size, extent, stride))
     samples = max(1, min(PHASE_SAMPLES, math.ceil(PHASE_OUTPUTS / max(per_sample, 1.0))))
     x = torch.randn((samples, p.in_channels, *([PHASE_SIZE] * dims)), generator=_generator(seed))
-    layer = copy.deepcopy(module)  # a phase pattern is in the weights: measure without the bias, on a copy
-    for name, t in layer.named_parameters():
-        if name.endswith("bias"):
-            t.data.zero_()
-    weight = next((t for n, t in layer.named_parameters() if n.endswith("weight")), None)
+    # a phase pattern is in the weights: measured without the bias (zeros in its place for this call only)
+    named = dict(module.named_parameters())
+    zeros = {n: torch.zeros_like(t) for n, t in named.items() if n.endswith("bias")}
+    weight = next((t for n, t in named.items() if n.endswith("weight")), None)
     device = weight.device if weight is not None else torch.device("cpu")
     with torch.no_grad():
-        y = layer(x.to(device, weight.dtype if weight is not None else torch.float32)).double().cpu()
+        y = torch.func.functional_call(module, zeros, (x.to(device, weight.dtype if weight is not None
+                                                            else torch.float32),))
+        y = y.double().cpu()
     sums = []
     for phase in itertools.product(*(range(s) for s in stride)):
         sub = y

@@ -1,7 +1,9 @@
 """The float16-range probe (IL301): the model run under ``torch.autocast`` in float16 (and bfloat16 where the
 finding says its range holds), counting at every op along the finding's signal path the values that overflow
 to inf or NaN and the nonzero values that fall below float16's normal range, and naming the first op where it
-happens: the frame transformers' underflow/overflow debugger prints, per op instead of per module.
+happens: the frame transformers' underflow/overflow debugger prints, per op instead of per module. The
+ranges are autocast taps (:class:`~initlint.probes.records.Tap`): one float16 pass (and one bfloat16 pass)
+reads them for every finding of the stage, beside the shared pass.
 
 For the gradient finding the shared (float32) pass measures the gradients' spread, and the gradient at the
 smallest op scaled by the loss scale that keeps the largest finite: the values that float16 would hold only
@@ -20,7 +22,7 @@ from ..ops import OpKind, ScaleParams
 from ..patterns import nonlinearity_after, signal_path
 from . import repairs
 from .records import Context, Edit, Evidence, Measurement, Needs, ScaleAfter, Tap, Unrepairable, judge
-from .runner import keep_all, run_pass
+from .runner import keep_all
 
 FP16_MAX = 65504.0
 FP16_TINY = 2.0**-14  # smallest normal float16
@@ -92,20 +94,23 @@ def precision_needs(graph: ModelGraph, finding: Finding) -> Needs:
     if _kind(finding) == "gradients":
         checked = [op.name for op in graph if _checked(graph, op.name) and op.kind is not OpKind.EMBEDDING]
         return Needs.of(ops=checked, taps=[Tap(finding.op, "gradient", keep_all, backward=True)])
+    # the ranges along the path under float16 autocast (bfloat16 at the op where the finding says it holds),
+    # read in one autocast pass per dtype for all the findings of the stage
+    taps = [Tap(n, HALF, _range_stats, autocast=torch.float16) for n in _path(graph, finding)]
+    if _kind(finding) == "overflow" and finding.predicted.get("bf16_holds"):
+        taps.append(Tap(finding.op, BRAIN, _range_stats, autocast=torch.bfloat16))
     if _kind(finding) == "underflow":
-        return Needs.of(taps=[Tap(finding.op, "zeros", _zeros)])
-    return Needs()
+        taps.append(Tap(finding.op, "zeros", _zeros))
+    return Needs.of(taps=taps)
 
 
-def _autocast(ctx: Context, graph: ModelGraph, names: list[str], dtype: torch.dtype) -> Evidence:
-    taps = [Tap(n, "range", _range_stats) for n in names]
-    return run_pass(ctx.runnable, Needs.of(taps=taps), ctx.device, ctx.seed, autocast=dtype)
+HALF, BRAIN = "range/float16", "range/bfloat16"
 
 
 def _frame(graph: ModelGraph, names: list[str], ev: Evidence, limit: int = 6) -> str:
     lines = []
     for n in names:
-        s = ev.taps.get((n, "range"))
+        s = ev.taps.get((n, HALF))
         if s is None:
             continue
         op = graph.op(n)
@@ -121,17 +126,17 @@ def precision_measure(ctx: Context, finding: Finding) -> Measurement:
     if ctx.runnable is None:
         return ctx.missing("an autocast run")
     names = _path(ctx.graph, finding)
-    ev = _autocast(ctx, ctx.graph, names, torch.float16)
-    stats = ev.taps.get((finding.op, "range"))
+    ev = ctx.evidence
+    stats = ev.taps.get((finding.op, HALF))
     if stats is None:
         return ctx.missing(f"`{finding.op}` under autocast")
     bad, small, zero = float(stats[0]), float(stats[1]), float(stats[2])
-    first = next((n for n in names if (s := ev.taps.get((n, "range"))) is not None and float(s[0]) > 0), None)
+    first = next((n for n in names if (s := ev.taps.get((n, HALF))) is not None and float(s[0]) > 0), None)
     frame = _frame(ctx.graph, names, ev)
     if kind == "overflow":
         numbers = {"overflow_fraction": bad}
         if finding.predicted.get("bf16_holds"):
-            bf = _autocast(ctx, ctx.graph, [finding.op], torch.bfloat16).taps.get((finding.op, "range"))
+            bf = ev.taps.get((finding.op, BRAIN))
             if bf is not None:
                 numbers["bf16_overflow_fraction"] = float(bf[0])
         where = f"first inf/nan at `{ctx.graph.op(first).module or first}`; " if first else ""

@@ -47,13 +47,16 @@ class Tap:
     """A reduction of one op's output (or of the gradient at it, ``backward``) computed during the shared pass.
 
     ``reduce`` gets the detached tensor and returns what the probe will read back (a tensor or a number); it
-    runs on the first call of the op only.
+    runs on the first call of the op only. With ``autocast`` (float16, bfloat16) the tap is read in a forward
+    pass under ``torch.autocast`` in that dtype: the stage runs one such pass per dtype for all the taps that ask
+    for it, beside the shared pass.
     """
 
     op: str
     key: str
     reduce: Callable[[torch.Tensor], Any] = field(repr=False, compare=False)
     backward: bool = False
+    autocast: torch.dtype | None = None
 
 
 @dataclass(frozen=True)
