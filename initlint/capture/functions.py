@@ -124,12 +124,13 @@ def _embedding(c: Call):
 
 def _norm_spec(c: Call, kind: NormKind, x, w, b, eps, **extra) -> OpSpec:
     pw, pb = _param_tensor(w), _param_tensor(b)
+    w_stats = WeightStats.of(*pw, 1, 1) if pw and pw[1] is not None else None
+    b_stats = _bias(*pb) if pb else None
     params = NormParams(
         kind, eps=float(eps) if eps is not None else 1e-5, affine=pw is not None,
-        weight_rms=_rms(pw[1]) if pw else 1.0, bias_rms=_rms(pb[1]) if pb else 0.0, **extra,
+        weight_rms=_rms(pw[1], w_stats) if pw else 1.0, bias_rms=_rms(pb[1], b_stats) if pb else 0.0, **extra,
     )
-    return OpSpec(OpKind.NORM, (x,), params, WeightStats.of(*pw, 1, 1) if pw and pw[1] is not None else None,
-                  _bias(*pb) if pb else None)
+    return OpSpec(OpKind.NORM, (x,), params, w_stats, b_stats)
 
 
 @_on("layer_norm")

@@ -75,11 +75,11 @@ def _m_norm(kind: NormKind):
         elif kind in (NormKind.LAYER, NormKind.RMS):
             shape = tuple(m.normalized_shape)
             extra.update(normalized_shape=shape, num_features=shape[-1])
+        w_stats, b_stats = WeightStats.of(*w, 1, 1) if w else None, _bias(*b) if b else None
         params = NormParams(kind, eps=float(m.eps if getattr(m, "eps", None) is not None else 1e-5),
-                            affine=w is not None, weight_rms=_rms(w[1]) if w else 1.0,
-                            bias_rms=_rms(b[1]) if b else 0.0, **extra)
-        return OpSpec(OpKind.NORM, (c.arg(0),), params,
-                      WeightStats.of(*w, 1, 1) if w else None, _bias(*b) if b else None)
+                            affine=w is not None, weight_rms=_rms(w[1], w_stats) if w else 1.0,
+                            bias_rms=_rms(b[1], b_stats) if b else 0.0, **extra)
+        return OpSpec(OpKind.NORM, (c.arg(0),), params, w_stats, b_stats)
 
     return handler
 

@@ -171,9 +171,13 @@ def _bias(name: str, b: torch.Tensor | None) -> WeightStats | None:
     return None if b is None else WeightStats.of(name, b, 1, 1)
 
 
-def _rms(t: torch.Tensor | None) -> float | None:
+def _rms(t: torch.Tensor | None, stats: WeightStats | None = None) -> float | None:
+    """The root mean square in float32. ``stats``: the tensor's statistics, whose mean is the answer when every
+    element is the same whole number (a norm's ones and zeros) small enough that float32 sums its squares exactly."""
     if t is None or t.is_meta:
         return None
+    if stats is not None and stats.constant and stats.mean.is_integer() and stats.mean**2 * t.numel() < 2.0**24:
+        return abs(stats.mean) + 0.0
     return t.detach().float().square().mean().sqrt().item()
 
 
