@@ -231,3 +231,27 @@ def test_shape_pass_records_every_node_as_shape_prop_does():
     for node in graph.nodes:
         meta = node.meta["tensor_meta"]
         assert node.meta["initlint_shape"] == (tuple(meta.shape), str(meta.dtype).removeprefix("torch.")), node
+
+
+@pytest.mark.parametrize("tensor", [
+    torch.ones(64), torch.zeros(5), -torch.zeros(3), torch.full((7,), 3.0), torch.full((9,), -2.0), torch.full((4,), 0.1),
+    torch.full((6,), 2.0**60), torch.ones(3).half(), torch.ones(10, dtype=torch.float64), torch.randn(4, 3),
+    torch.randn(3, 4).t(), torch.ones(1, 5).expand(4, 5), torch.arange(6), torch.full((3,), float("inf")),
+])
+def test_weight_statistics_equal_the_two_float64_passes(tensor):
+    """Constant whole-number tensors (a norm's ones and zeros) are read off their extremes, the rest by two
+    float64 passes: both give what the passes give."""
+    from initlint.capture.normalize import _rms
+    from initlint.ops import WeightStats
+
+    before = tensor.clone()
+    stats = WeightStats.of("w", tensor, 1, 1)
+    f = tensor.reshape(-1).double()
+    m = f.mean()
+    c = f - m
+    var = max(torch.dot(c, c).item() / f.numel(), 0.0)
+    expected = (m.item(), math.sqrt(var), math.sqrt(var + m.item() ** 2), f.min().item() == f.max().item())
+    assert repr((stats.mean, stats.std, stats.rms, stats.constant)) == repr(expected)
+    if tensor.is_floating_point():
+        assert repr(_rms(tensor, stats)) == repr(_rms(tensor))
+    assert torch.equal(tensor, before)
