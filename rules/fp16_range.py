@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
 from initlint.findings import Fix, Issue, Severity
 from initlint.gains import DTYPE, activation, gaussian
 from initlint.graph import ModelGraph
-from initlint.ops import ActivationParams, Op, OpKind, ScaleParams
+from initlint.ops import Activation, ActivationParams, Op, OpKind, ScaleParams
 from initlint.patterns import nonlinearity_after, python_path, sig, signal_path
 from initlint.registry import rule
 
@@ -115,7 +117,8 @@ def fp16_range(graph: ModelGraph) -> list[Issue]:
     - IEEE 754 binary16; Kalamkar et al. 2019, "A Study of BFLOAT16 for Deep Learning Training"
     - PyTorch `torch.amp` (autocast op lists, `GradScaler`)
     """
-    ranges = [r for r in (_range(graph, op) for op in graph if _checked(graph, op)) if r is not None]
+    checked = [op for op in graph if _checked(graph, op)]
+    ranges = [r for r in (_range(graph, op) for op in checked) if r is not None]
     issues = []
     over = [r for r in ranges if r.over >= OVERFLOW]
     if over:
@@ -123,7 +126,7 @@ def fp16_range(graph: ModelGraph) -> list[Issue]:
     small = [r for r in ranges if r.small >= MOST]
     if small:
         issues.append(_underflow(graph, small, [r for r in small if r.zero >= MOST]))
-    grads = _gradients(graph)
+    grads = _gradients(graph, checked)
     if grads is not None:
         issues.append(grads)
     return issues
@@ -162,6 +165,8 @@ def _range(graph: ModelGraph, op: Op) -> _Range | None:
 
 def _activation_fractions(params: ActivationParams, mean: float, variance: float) -> tuple[float, ...]:
     """Fractions of ``|f(x)|`` over, below and far below float16's and bfloat16's range, ``x ~ N(mean, var)``."""
+    if params.fn in _CLIPPED and _clipped_in_range(params.fn, mean, variance):
+        return 0.0, 0.0, 0.0, 0.0, 0.0
     rule_ = gaussian(mean, variance)
     y = activation(params)(rule_.nodes).abs()
     # Most activations have every nonzero value well inside float16's range: then every fraction is exactly
@@ -171,6 +176,33 @@ def _activation_fractions(params: ActivationParams, mean: float, variance: float
         return 0.0, 0.0, 0.0, 0.0, 0.0
     masks = torch.stack([y > FP16_MAX, y < FP16_TINY, y < FP16_ZERO, y < BF16_TINY, y > BF16_MAX]) & (y > 0)
     return tuple((masks.to(DTYPE) * rule_.weights).sum(-1).tolist())
+
+
+# ReLU and ReLU6: f(x) = min(x, cap) where x > 0, else 0. Their nonzero values on the Gaussian grid are its
+# positive nodes, capped: the smallest and the largest are read off the sorted nodes without evaluating f.
+_CLIPPED = {Activation.RELU: math.inf, Activation.RELU6: 6.0}
+
+
+@lru_cache(maxsize=1)
+def _grid() -> list[float]:
+    """The standard grid of :func:`initlint.gains.gaussian` (its nodes at mean 0 and variance 1), ascending."""
+    return gaussian(0.0, 1.0).nodes.tolist()
+
+
+def _clipped_in_range(fn: Activation, mean: float, variance: float) -> bool:
+    """Whether every nonzero ``|f(x)|`` on the grid ``gaussian(mean, variance)`` lies in float16's normal range,
+    for ReLU and ReLU6: what the min and max of :func:`_activation_fractions` tell, on the same node values
+    (``mean + std * t``, each one IEEE product and sum, as torch computes them) found by bisection."""
+    std = math.sqrt(max(variance, 0.0))
+    if not (math.isfinite(mean) and math.isfinite(std)):
+        return False  # inf and NaN: the reductions decide
+    t = _grid()
+    i = bisect.bisect_right(t, False, key=lambda v: mean + std * v > 0.0)  # the first node above 0: they ascend
+    if i == len(t):
+        return True  # every value is 0
+    cap = _CLIPPED[fn]
+    low, high = min(mean + std * t[i], cap), min(mean + std * t[-1], cap)
+    return FP16_TINY <= low and high <= FP16_MAX
 
 
 def _beyond(mean: float, std: float, t: float) -> float:
@@ -228,10 +260,10 @@ def _underflow(graph: ModelGraph, small: list[_Range], zeros: list[_Range]) -> I
     )
 
 
-def _gradients(graph: ModelGraph) -> Issue | None:
+def _gradients(graph: ModelGraph, checked: list[Op]) -> Issue | None:
     grads = []
-    for op in graph:
-        if _checked(graph, op) and op.kind is not OpKind.EMBEDDING:
+    for op in checked:
+        if op.kind is not OpKind.EMBEDDING:
             b = graph.signal(op).backward.second
             if b > 0 and math.isfinite(b):
                 grads.append((math.sqrt(b), op))

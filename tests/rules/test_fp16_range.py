@@ -171,3 +171,33 @@ def test_a_tiny_constant_is_reported_by_its_magnitude_not_divided_by_its_zero_st
     (f,) = [f for f in lint(nn.Sequential(nn.Linear(16, 16), layer), torch.randn(8, 16), select=["IL301"]).findings]
     assert "is a constant of magnitude 1.00e-06 at init, 61x below float16's smallest normal" in f.message
     assert f.predicted["std"] == pytest.approx(1e-6) and f.predicted["subnormal_fraction"] == 1.0
+
+
+def test_relu_range_read_off_the_sorted_nodes_agrees_with_the_reductions():
+    """IL301 tells a ReLU's or ReLU6's values inside float16's normal range from the grid's sorted nodes; it
+    must say so exactly where the reductions over ``f(nodes)`` do (inf and NaN are left to them)."""
+    import importlib
+    import math
+
+    import torch
+
+    from initlint.gains import activation, gaussian
+    from initlint.ops import Activation, ActivationParams
+
+    m = importlib.import_module("initlint.rules.fp16_range")
+    gen = torch.Generator().manual_seed(0)
+    cases = [(0.0, 1.0), (0.0, 0.0), (-1.0, 0.0), (3.0, 0.0), (-5.0, 1e-6), (1e-5, 1e-12), (7.0, 1.0), (0.0, 1e-10),
+             (1e5, 1.0), (-1e5, 1e12), (2.0**-15, 0.0), (math.inf, 1.0), (math.nan, 1.0), (0.0, math.inf)]
+    cases += [(float(a) * 10.0 ** float(b), 10.0 ** float(c)) for a, b, c in
+              zip(torch.randn(300, generator=gen), torch.randint(-6, 6, (300,), generator=gen),
+                  torch.randint(-14, 12, (300,), generator=gen))]
+    for fn in (Activation.RELU, Activation.RELU6):
+        for mean, variance in cases:
+            y = activation(ActivationParams(fn))(gaussian(mean, variance).nodes).abs()
+            lo, hi = torch.where(y > 0, y, math.inf).min(), y.max()
+            expected = m.FP16_TINY <= lo.item() and hi.item() <= m.FP16_MAX
+            fast = m._clipped_in_range(fn, mean, variance)
+            if math.isfinite(mean) and math.isfinite(variance):
+                assert fast == expected, (fn, mean, variance)
+            else:  # left to the reductions
+                assert not fast, (fn, mean, variance)
