@@ -85,8 +85,10 @@ def backward(graph: ModelGraph, ests: Mapping[str, Est], steps: Mapping[str, Ste
                 continue
             into = terms.setdefault(src, _Terms())
             if isinstance(grad, Deriv):  # same grid: amplitudes add per origin
+                value = grad.value
+                one = isinstance(value, float) and value == 1.0  # a view or a copy: the amplitude as it is
                 for origin, amp in mine.amp.items():
-                    into.add(origin, amp * grad.value, mine.profile.get(origin), True)
+                    into.add(origin, amp if one else amp * value, mine.profile.get(origin), True)
                 continue
             gain, passed = _rows_backward(op.kind, step, i, profile, ests[src])
             second = g * grad.gain * gain

@@ -48,7 +48,7 @@ def rerooted(ctx: Ctx, x: Est, values: torch.Tensor | None = None, gain: float =
 
 
 def _activation(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step:
-    y, d = activation_with_derivative(op.params, ins[0].values)
+    y, d = activation_with_derivative(op.params, ins[0].values, rounded=True)
     return inside(ins[0].source, y, d)
 
 

@@ -49,9 +49,15 @@ class Rule:
     gaussian: bool = False  # nodes are the sorted Gaussian grid of ``gaussian(mean, variance)``
 
     def expect(self, values: torch.Tensor) -> float:
-        return float((self.weights * values).sum())
+        w = self.weights
+        if values.shape == w.shape and values.dtype == w.dtype:  # a dot product: no product to allocate
+            return float(torch.dot(w, values))
+        return float((w * values).sum())
 
     def moments(self, values: torch.Tensor) -> Moments:
+        w = self.weights
+        if values.shape == w.shape and values.dtype == w.dtype:
+            return Moments(float(torch.dot(w, values * values)), float(torch.dot(w, values)))
         return Moments(self.expect(values * values), self.expect(values))
 
     def second(self, values: torch.Tensor | float) -> float:
@@ -70,7 +76,10 @@ def _standard() -> tuple[torch.Tensor, torch.Tensor]:
 def gaussian(mean: float, variance: float) -> Rule:
     """``N(mean, variance)``."""
     t, w = _standard()
-    return Rule(mean + math.sqrt(max(variance, 0.0)) * t, w, True)
+    std = math.sqrt(max(variance, 0.0))
+    if mean == 0.0 and std > 1e-290:  # adding zero changes no node (none is zero: NODES is even)
+        return Rule(std * t, w, True)
+    return Rule(mean + std * t, w, True)
 
 
 def gamma(mean: float, variance: float) -> Rule:
@@ -147,6 +156,21 @@ def compress(nodes: torch.Tensor, weights: torch.Tensor, size: int = NODES) -> R
     return Rule(v[idx], torch.full((size,), 1.0 / size, dtype=DTYPE))
 
 
+@lru_cache(maxsize=8)
+def _standard_compressed(size: int, k: int | None) -> Rule:
+    t, w = _standard()
+    return compress(*((t, w) if k is None else (lambda r: (r.nodes, r.weights))(max_of(Rule(t, w), t, k))), size)
+
+
+def compressed_gaussian(mean: float, variance: float, size: int, k: int | None = None) -> Rule:
+    """``compress(gaussian(mean, variance), size)``, or with ``k`` the compressed distribution of the largest
+    of ``k`` draws (``max_of``), node for node: the Gaussian grid is the standard one shifted and scaled, which
+    keeps its order, so the quantiles of the standard grid, computed once, shifted and scaled."""
+    c = _standard_compressed(size, k)
+    std = math.sqrt(max(variance, 0.0))
+    return Rule(std * c.nodes if mean == 0.0 and std > 1e-290 else mean + std * c.nodes, c.weights)
+
+
 def interpolate(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
     """Piecewise-linear ``f(x)`` from samples ``fp`` at increasing ``xp``, constant beyond the ends."""
     i = torch.searchsorted(xp, x).clamp(1, xp.numel() - 1)
@@ -207,20 +231,53 @@ _SLOPES: dict[Activation, Callable[[ActivationParams, torch.Tensor, torch.Tensor
     Activation.SIGMOID: lambda p, x, y: (1 - y) * y,
     Activation.IDENTITY: lambda p, x, y: torch.ones_like(x),
 }
+# Closed forms of PyTorch's backward formulas whose values equal autograd's to rounding, not always bit for bit
+# (the leaky family's do): the variance engine's expectations take them (``rounded=True``); the rules' lattice
+# searches keep the slopes above, which their tests compare with autograd's bit for bit.
+_ROUNDED_SLOPES: dict[Activation, Callable[[ActivationParams, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    **_SLOPES,
+    Activation.LEAKY_RELU: lambda p, x, y: _leaky_slope(x, 0.01 if p.negative_slope is None else p.negative_slope),
+    Activation.PRELU: lambda p, x, y: _leaky_slope(x, 0.01 if p.negative_slope is None else p.negative_slope),
+    Activation.RRELU: lambda p, x, y: _leaky_slope(x, _RRELU_SLOPE),
+    Activation.GELU: lambda p, x, y: _gelu_slope(x, p.approximate or "none"),
+    Activation.SILU: lambda p, x, y: _silu_slope(x),
+}
+
+
+def _gelu_slope(x: torch.Tensor, approximate: str) -> torch.Tensor:
+    """GELU's slope as PyTorch's ``gelu_backward`` computes it (``torch/_decomp/decompositions.py``)."""
+    if approximate == "tanh":
+        beta, kappa = math.sqrt(2.0) * (2.0 / math.sqrt(math.pi)) * 0.5, 0.044715
+        x2 = x * x
+        th = torch.tanh(beta * (x + kappa * (x2 * x)))
+        return 0.5 * (1 + th) + (0.5 * x) * (1 - th * th) * (beta * (1 + 3 * kappa * x2))
+    beta = (2.0 / math.sqrt(math.pi)) * math.sqrt(0.5) * 0.5
+    return 0.5 * (1 + torch.erf(x * math.sqrt(0.5))) + x * (beta * torch.exp(x * x * -0.5))
+
+
+def _leaky_slope(x: torch.Tensor, slope: float) -> torch.Tensor:
+    return torch.full_like(x, slope).masked_fill_(x > 0, 1.0)
+
+
+def _silu_slope(x: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(x)
+    return s * (1 + x * (1 - s))
 # Those of them that equal autograd's slopes bit for bit (masks of zeros and ones), for callers that must.
 _EXACT_SLOPES = frozenset({Activation.RELU, Activation.RELU6, Activation.HARDTANH, Activation.IDENTITY})
 
 
-def activation_with_derivative(params: ActivationParams, x: torch.Tensor,
-                               bit_exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def activation_with_derivative(params: ActivationParams, x: torch.Tensor, bit_exact: bool = False,
+                               rounded: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """An activation's values and slopes at every node: in closed form where :data:`_SLOPES` has it, else by
     autograd. ``bit_exact``: closed forms only where they equal autograd's bit for bit (:data:`_EXACT_SLOPES`),
-    for callers whose thresholds must not move by a rounding."""
-    if params.fn not in (_EXACT_SLOPES if bit_exact else _SLOPES):
+    for callers whose thresholds must not move by a rounding. ``rounded``: also those of
+    :data:`_ROUNDED_SLOPES` (GELU, SiLU, the leaky family), for expectations."""
+    table = _EXACT_SLOPES if bit_exact else _ROUNDED_SLOPES if rounded else _SLOPES
+    if params.fn not in table:
         return with_derivative(activation(params), x)
     x = x.detach()
     y = activation(params)(x)
-    return y, _SLOPES[params.fn](params, x, y)
+    return y, _ROUNDED_SLOPES[params.fn](params, x, y)
 
 
 def with_derivative(fn: Fn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -289,12 +346,12 @@ def activation_gains(params: Sequence[ActivationParams], x: Moments) -> tuple[Ga
     nodes = x.mean + math.sqrt(max(x.variance, 0.0)) * t
     rows = []
     for p in params:
-        y, d = activation_with_derivative(p, nodes)
+        y, d = activation_with_derivative(p, nodes, rounded=True)
         rows += (y * y, y, d * d, d)
     e = torch.mv(torch.stack(rows), w).tolist()
     return tuple(Gain(Moments(e[i], e[i + 1]), e[i + 2], e[i + 3]) for i in range(0, len(e), 4))
 
 
 __all__ = ["Rule", "Gain", "gaussian", "gamma", "uniform", "bernoulli", "point", "mixture", "max_of", "matched",
-           "compress", "interpolate", "activation", "activation_gain", "activation_gains", "gate_gains",
+           "compress", "compressed_gaussian", "interpolate", "activation", "activation_gain", "activation_gains", "gate_gains",
            "tanh_gain", "activation_with_derivative", "with_derivative"]

@@ -40,7 +40,7 @@ from torch import nn
 from . import attention, elementwise, recurrent, transfer
 from .backprop import ROWWISE, backward
 from .estimate import Ctx, Deriv, Est, Factor, Step, Transfer
-from .gains import DTYPE, Rule, compress, gaussian, interpolate, matched, point
+from .gains import DTYPE, Rule, compressed_gaussian, gaussian, interpolate, matched, point
 from .graph import ModelGraph, Moments, Signal
 from .ops import NormKind, Op, OpKind
 
@@ -114,7 +114,7 @@ def _input(op: Op, tensor: torch.Tensor | None) -> Step:
         return Step(1.0, 0.0, rule=gaussian(0.0, 1.0))
     t = tensor.detach().to("cpu", DTYPE)
     unit = transfer.unit_variance(t, 1 if t.dim() >= 4 else -1) if t.is_floating_point() else 0.0
-    return Step(float(t.square().mean()), float(t.mean()), unit, rule=transfer.empirical(t))
+    return Step(float(t.square().mean()), float(t.mean()), unit, rule=transfer.empirical(tensor))
 
 
 def _fallback(op: Op, ins: list[Est], measured: Signal | None) -> Step:
@@ -141,11 +141,21 @@ def _settle(op: Op, step: Step, ins: list[Est], ctx: Ctx, ests: dict[str, Est]) 
     grads = step.grads + (None,) * (len(ins) - len(step.grads))
     if step.values is not None:
         source, values = step.source, step.values
-        m = ctx.rules[source].moments(values)
-        second, mean = m.second, m.mean
-        slope = sum(ctx.rules[source].expect(torch.as_tensor(g.value, dtype=DTYPE).expand_as(values)) * e.slope
-                    for g, e in zip(grads, ins) if isinstance(g, Deriv))
-        unit = _unit_of(ctx.rules[source], ests[source], values, slope, max(second - mean * mean, 0.0))
+        rule = ctx.rules[source]
+        # An operand whose values these are (a view, a copy) and which took its moments from them: the same
+        # moments, without computing them again (a source's own estimate is its transfer's, not its grid's).
+        same = next((e for e, name in zip(ins, op.inputs) if e.values is values and e.source == source != name),
+                    None)
+        if same is not None:
+            second, mean = same.second, same.mean
+        else:
+            m = rule.moments(values)
+            second, mean = m.second, m.mean
+        slope = sum(_expect_deriv(rule, g.value, values) * e.slope for g, e in zip(grads, ins)
+                    if isinstance(g, Deriv))
+        # what the model returns has no consumer whose offsets it could set
+        unit = 0.0 if op.kind is OpKind.OUTPUT else _unit_of(rule, ests[source], values, slope,
+                                                              max(second - mean * mean, 0.0))
     else:
         source, second, mean, unit, slope = op.name, step.second, step.mean, step.unit, 1.0
         rule = matched(step.rule, mean, second) if step.rule is not None else step.gaussian_rule()
@@ -166,6 +176,13 @@ def _settle(op: Op, step: Step, ins: list[Est], ctx: Ctx, ests: dict[str, Est]) 
     return Est(second, mean, unit, source, values, slope, op.shape, cf, requires, floating, rows)
 
 
+def _expect_deriv(rule: Rule, value: torch.Tensor | float, values: torch.Tensor) -> float:
+    """``E[value]`` on the grid: a constant derivative is its own expectation (the weights sum to one)."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    return rule.expect(torch.as_tensor(value, dtype=DTYPE).expand_as(values))
+
+
 # From this share of its variance in per-unit offsets, a source's units are told apart by quadrature.
 _OFFSET_SHARE = 0.1
 
@@ -179,7 +196,7 @@ def _unit_of(rule: Rule, src: Est, values: torch.Tensor, slope: float, variance:
     u, var = min(src.unit, src.variance), src.variance
     if not rule.gaussian or u <= _OFFSET_SHARE * var or var <= 0:
         return min(slope * slope * src.unit, variance)
-    within, offset = (compress(g.nodes, g.weights, 48) for g in (gaussian(0.0, var - u), gaussian(src.mean, u)))
+    within, offset = compressed_gaussian(0.0, var - u, 48), compressed_gaussian(src.mean, u, 48)
     z = offset.nodes[:, None] + within.nodes[None, :]
     h = interpolate(z.reshape(-1), rule.nodes, values).reshape(z.shape)
     w = within.weights[None, :]

@@ -31,8 +31,8 @@ import torch
 from .elementwise import base_name
 from .estimate import Ctx, Est, Factor, Step, numel
 from .fans import conv_fans
-from .gains import (DTYPE, NODES, Rule, bernoulli, compress, gamma, gaussian, interpolate, max_of, mixture, point,
-                    uniform)
+from .gains import (DTYPE, NODES, Rule, bernoulli, compress, compressed_gaussian, gamma, gaussian, interpolate, max_of,
+                    mixture, point, uniform)
 from .ops import NormKind, Op, OpKind, PoolKind, RandomDist, Reduction
 
 
@@ -40,11 +40,33 @@ def empirical(t: torch.Tensor | None) -> Rule | None:
     """The distribution of a tensor's values, as NODES equally weighted quantiles."""
     if t is None or t.is_meta or t.numel() == 0 or t.is_complex():
         return None
-    flat = t.detach().reshape(-1).to("cpu", DTYPE).sort().values
+    flat = _sorted(t.detach().reshape(-1).to("cpu"))
     if flat.numel() > NODES:
         idx = ((torch.arange(NODES, dtype=DTYPE) + 0.5) * flat.numel() / NODES).long()
         flat = flat[idx]
+    flat = flat.to(DTYPE)
     return Rule(flat, torch.full(flat.shape, 1.0 / flat.numel(), dtype=DTYPE))
+
+
+_INTEGERS = frozenset({torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8})
+_BITS = {torch.float64: (torch.int64, 63, 0x7FFFFFFFFFFFFFFF), torch.float32: (torch.int32, 31, 0x7FFFFFFF)}
+
+
+def _sorted(flat: torch.Tensor) -> torch.Tensor:
+    """``flat`` in ascending order, in its own dtype (a conversion to float64 after the sort gives the values a
+    conversion before it would: it keeps order). Floats are sorted by their bits as integers, flipped for
+    negative numbers so that the integers' order is the floats' (torch sorts integers by radix, 1.5-10x faster
+    than floats of the same width), unless there are NaNs or zeros, whose places and signs follow torch's own
+    float sort."""
+    if flat.dtype in _INTEGERS:
+        return flat.sort().values
+    bits = _BITS.get(flat.dtype)
+    if bits is None or bool(torch.isnan(flat).any()) or bool((flat == 0).any()):
+        return flat.sort().values
+    itype, shift, mask = bits
+    b = flat.contiguous().view(itype)
+    s = (b ^ ((b >> shift) & mask)).sort().values
+    return (s ^ ((s >> shift) & mask)).view(flat.dtype)
 
 
 # -- sources -----------------------------------------------------------------------------------------------
@@ -270,9 +292,8 @@ def _max_within_units(ctx: Ctx, x: Est, k: int) -> Rule | None:
     if not src.gaussian or u <= 0 or var <= u or bool((x.values[1:] < x.values[:-1] - 1e-12).any()):
         return None
     mean = ctx.source_est(x).mean
-    within = max_of(gaussian(0.0, var - u), gaussian(0.0, var - u).nodes, k)
-    coarse = compress(within.nodes, within.weights, 64)
-    offset = compress(gaussian(mean, u).nodes, gaussian(mean, u).weights, 64)
+    coarse = compressed_gaussian(0.0, var - u, 64, k)  # the largest of k within the unit
+    offset = compressed_gaussian(mean, u, 64)
     z = (offset.nodes[:, None] + coarse.nodes[None, :]).reshape(-1)
     w = (offset.weights[:, None] * coarse.weights[None, :]).reshape(-1)
     return compress(interpolate(z, src.nodes, x.values), w)
