@@ -8,7 +8,10 @@ and opens every other module, ``torch.nn`` ones included, so that what is inside
 
 from __future__ import annotations
 
+import bisect
+import dis
 import inspect
+import sys
 from typing import Any
 
 import torch
@@ -30,10 +33,46 @@ _LOC = "initlint_location"
 _SHAPE = "initlint_shape"
 
 
+def _iter(self) -> Any:
+    """``torch.fx.Proxy.__iter__``: a proxy unpacked by ``a, b = proxy`` becomes its items, anything else is the
+    tracer's ``iter``; the caller's instructions are disassembled once per code object and trace (torch.fx
+    disassembles the whole calling function at every unpacking: ~10% of a transformer's capture)."""
+    frame = sys._getframe(1)
+    code = frame.f_code
+    table = self.tracer._instructions
+    found = table.get(code)
+    if found is None:
+        insts = list(dis.get_instructions(code))
+        found = table[code] = (insts, [i.offset for i in insts])
+    insts, offsets = found
+    inst = insts[bisect.bisect_left(offsets, frame.f_lasti) if sys.version_info >= (3, 11) else frame.f_lasti // 2]
+    if inst.opname == "UNPACK_SEQUENCE":  # items made lazily, as the unpacking asks, from the caller's frame
+        return map(self.__getitem__, range(inst.argval))  # (a generator here would put initlint on the stack)
+    return self.tracer.iter(self)
+
+
+class _Proxy(torch.fx.Proxy):
+    __iter__ = _iter
+
+    def __getattr__(self, k: str) -> Any:
+        return _Attribute(self, k)
+
+
+class _Attribute(torch.fx.proxy.Attribute):
+    __iter__ = _iter
+
+    def __getattr__(self, k: str) -> Any:
+        return _Attribute(self, k)
+
+
 class Tracer(torch.fx.Tracer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._frames: dict = {}  # code object -> what it is, for user_frame: one classification per trace
+        self._instructions: dict = {}  # code object -> its instructions and their offsets, for _iter
+
+    def proxy(self, node: torch.fx.Node) -> torch.fx.Proxy:
+        return _Proxy(node, self)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return is_known_leaf(m)
