@@ -255,3 +255,25 @@ def test_weight_statistics_equal_the_two_float64_passes(tensor):
     if tensor.is_floating_point():
         assert repr(_rms(tensor, stats)) == repr(_rms(tensor))
     assert torch.equal(tensor, before)
+
+
+class _Unpacks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(4, 8, batch_first=True)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)  # LINE_UNPACK_RNN
+        b, t, c = out.shape
+        return self.fc(out.reshape(b * t, c))
+
+
+def test_unpacked_proxies_become_items_with_the_users_line():
+    g = _graph(_Unpacks(), torch.randn(2, 5, 4))
+    assert g.capture is Capture.FX
+    item = next(op for op in g if op.inputs == ("rnn",))
+    with open(__file__) as fh:
+        line = next(i for i, text in enumerate(fh, 1) if "LINE_UNPACK_RNN" in text and "next(" not in text)
+    assert item.location is not None and item.location.line == line
+    assert next(op for op in g if op.kind is OpKind.LINEAR).shape == (10, 3)
