@@ -173,10 +173,12 @@ def compressed_gaussian(mean: float, variance: float, size: int, k: int | None =
 
 def interpolate(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
     """Piecewise-linear ``f(x)`` from samples ``fp`` at increasing ``xp``, constant beyond the ends."""
-    i = torch.searchsorted(xp, x).clamp(1, xp.numel() - 1)
-    x0, x1, f0, f1 = xp[i - 1], xp[i], fp[i - 1], fp[i]
-    t = ((x - x0) / torch.where(x1 > x0, x1 - x0, 1.0)).clamp(0.0, 1.0)
-    return f0 + t * (f1 - f0)
+    i = torch.searchsorted(xp, x).clamp_(1, xp.numel() - 1)
+    j = i - 1
+    x0, f0 = xp.take(j), fp.take(j)
+    dx = xp.take(i).sub_(x0)
+    t = (x - x0).div_(dx.masked_fill_(dx <= 0, 1.0)).clamp_(0.0, 1.0)
+    return fp.take(i).sub_(f0).mul_(t).add_(f0)
 
 
 # -- activations -------------------------------------------------------------------------------------------

@@ -198,10 +198,10 @@ def _unit_of(rule: Rule, src: Est, values: torch.Tensor, slope: float, variance:
         return min(slope * slope * src.unit, variance)
     within, offset = compressed_gaussian(0.0, var - u, 48), compressed_gaussian(src.mean, u, 48)
     z = offset.nodes[:, None] + within.nodes[None, :]
-    h = interpolate(z.reshape(-1), rule.nodes, values).reshape(z.shape)
-    w = within.weights[None, :]
-    spread = (h * h * w).sum(1) - (h * w).sum(1) ** 2
-    return min(max(variance - float((offset.weights * spread.clamp(min=0.0)).sum()), 0.0), variance)
+    h = interpolate(z.view(-1), rule.nodes, values).view(z.shape)
+    mean = torch.mv(h, within.weights)
+    spread = torch.mv(h.mul_(h), within.weights).sub_(mean.mul_(mean)).clamp_(min=0.0)
+    return min(max(variance - float(torch.dot(offset.weights, spread)), 0.0), variance)
 
 
 def _rows(op: Op, ins: list[Est], second: float):
