@@ -251,6 +251,7 @@ def _repaired(program, graph, runnable, model, findings, chosen, needs, before, 
                 continue
             edits += found
             applied.append(i)
+    repairs.forget(twin)
     if not applied:
         return results
     fixed = Runnable.of(program, graph, twin, edits).with_inputs(runnable.inputs, runnable.values)
@@ -295,6 +296,7 @@ def fix(model: nn.Module, report, example_inputs=None) -> nn.Module:
                 edits += p.repair(twin, f, tr.graph)
             except Unrepairable:
                 continue
+    repairs.forget(twin)
     if not edits:
         return twin
     graph, program = capture_program(from_instance(twin, example_inputs))

@@ -83,14 +83,22 @@ def generator(name: str, device: torch.device | str = "cpu") -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(REPAIR_SEED ^ zlib.crc32(name.encode()))
 
 
-def _unit_draw(name: str, shape: torch.Size) -> torch.Tensor:
-    """Unit normal draws from the parameter's own seeded generator: the repairs of several findings on one layer
-    (IL101, IL301 and IL303 on the same weight) re-initialize it from the same draw."""
-    return torch.randn(shape, generator=generator(name), dtype=torch.float32)
+# Unit normal draws per model copy, by parameter name and shape: the repairs of several findings on one layer
+# (IL101, IL301 and IL303 on the same weight) re-initialize it from the same seeded draw, drawn once.
+_DRAWS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _unit_draw(model: nn.Module, name: str, shape: torch.Size) -> torch.Tensor:
+    drawn = _DRAWS.setdefault(model, {})
+    key = (name, tuple(shape))
+    if key not in drawn:
+        drawn[key] = torch.randn(shape, generator=generator(name), dtype=torch.float32)
+    return drawn[key]
 
 
 def forget(model: nn.Module) -> None:
-    """Nothing to drop: draws are not kept (kept for callers of an earlier version)."""
+    """Drop the draws kept for ``model`` (a copy handed to the user keeps none)."""
+    _DRAWS.pop(model, None)
 
 
 def reinit_normal(model: nn.Module, name: str, std: float, rows: slice | None = None) -> None:
@@ -100,12 +108,12 @@ def reinit_normal(model: nn.Module, name: str, std: float, rows: slice | None = 
     if rows is None and shared is not None and id(p) in shared and type(p) is nn.Parameter \
             and p.dtype == torch.float32 and p.device.type == "cpu":
         # a twin's shared weight re-drawn whole: the draw becomes its own tensor (no copy of the old one to overwrite)
-        new = nn.Parameter(_unit_draw(name, p.shape).mul_(std), requires_grad=p.requires_grad)
+        new = nn.Parameter(_unit_draw(model, name, p.shape) * std, requires_grad=p.requires_grad)
         _unshare(model, p, new)
         return
     p = writable(model, name)
     target = p if rows is None else p[rows]
-    unit = _unit_draw(name, target.shape)
+    unit = _unit_draw(model, name, target.shape)
     with torch.no_grad():
         if p.dtype == unit.dtype:  # the same values as ``unit * std``, without a temporary of the layer's size
             target.copy_(unit)
