@@ -63,8 +63,9 @@ MAX_SPATIAL = 64
 # What a "keep" tap retains of a tensor: enough elements for correlations and ranks within about 1%.
 KEEP = 1 << 16
 # Passes of a program's graph run by the interpreter before its instrumented code is generated: an interpreted
-# pass costs 1-3 us more an op, the code generation 50-100 us an op (a stage is usually two passes).
-COMPILE_AFTER = 4
+# pass costs 1-3 us more an op, the code generation 50-100 us an op: it pays after some 25-50 passes. A stage is
+# usually two to six passes (the autocast passes count); IL206's extra mask draws run up to 32.
+COMPILE_AFTER = 16
 
 
 @dataclass(frozen=True)
