@@ -47,6 +47,7 @@ class Rule:
     nodes: torch.Tensor
     weights: torch.Tensor
     gaussian: bool = False  # nodes are the sorted Gaussian grid of ``gaussian(mean, variance)``
+    spaced: bool = False  # nodes are evenly spaced, to rounding (:func:`interpolate` finds a node by arithmetic)
 
     def expect(self, values: torch.Tensor) -> float:
         w = self.weights
@@ -78,8 +79,14 @@ def gaussian(mean: float, variance: float) -> Rule:
     t, w = _standard()
     std = math.sqrt(max(variance, 0.0))
     if mean == 0.0 and std > 1e-290:  # adding zero changes no node (none is zero: NODES is even)
-        return Rule(std * t, w, True)
-    return Rule(mean + std * t, w, True)
+        return Rule(std * t, w, True, True)
+    return Rule(mean + std * t, w, True, _spaced(mean, std))
+
+
+def _spaced(mean: float, std: float) -> bool:
+    """Whether ``mean + std * t`` keeps the standard grid's even spacing to rounding: a spread far below the
+    mean's own rounding would quantize the nodes."""
+    return std > 1e-3 * abs(mean) and std > 1e-290
 
 
 def gamma(mean: float, variance: float) -> Rule:
@@ -135,6 +142,7 @@ def matched(rule: Rule, mean: float, second: float) -> Rule:
     if var <= 0 or target < 0 or not math.isfinite(target):
         return rule
     nodes = mean + (rule.nodes - m.mean) * math.sqrt(target / var)
+    spaced = rule.spaced and _spaced(mean, math.sqrt(target))
     if mean >= 0 and bool((rule.nodes >= 0).all()) and bool((nodes < 0).any()):
         # A nonnegative variable (a mean of squares) stays nonnegative: stretching its grid to the exact
         # variance must not push its lowest nodes below zero, where rsqrt and log explode. Clamp them and keep
@@ -143,7 +151,8 @@ def matched(rule: Rule, mean: float, second: float) -> Rule:
         total = float((rule.weights * nodes).sum())
         if total > 0:
             nodes = nodes * (mean / total)
-    return Rule(nodes, rule.weights, rule.gaussian)
+        spaced = False
+    return Rule(nodes, rule.weights, rule.gaussian, spaced)
 
 
 def compress(nodes: torch.Tensor, weights: torch.Tensor, size: int = NODES) -> Rule:
@@ -171,9 +180,22 @@ def compressed_gaussian(mean: float, variance: float, size: int, k: int | None =
     return Rule(std * c.nodes if mean == 0.0 and std > 1e-290 else mean + std * c.nodes, c.weights)
 
 
-def interpolate(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
-    """Piecewise-linear ``f(x)`` from samples ``fp`` at increasing ``xp``, constant beyond the ends."""
-    i = torch.searchsorted(xp, x).clamp_(1, xp.numel() - 1)
+def interpolate(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor, spaced: bool = False) -> torch.Tensor:
+    """Piecewise-linear ``f(x)`` from samples ``fp`` at increasing ``xp``, constant beyond the ends. ``spaced``:
+    ``xp`` is evenly spaced (a :class:`Rule`'s ``spaced``), so a point's segment and its place in it are
+    arithmetic, not a binary search (the same values to rounding: a point within rounding of a node may take
+    the segment on its other side, where the interpolant is the same)."""
+    n = xp.numel()
+    if spaced and n > 2:
+        lo, hi = xp[::n - 1].tolist()
+        if hi > lo:
+            pos = (x - lo).mul_((n - 1) / (hi - lo)).clamp_(0.0, n - 1)
+            left = pos.floor().clamp_(max=n - 2)
+            frac = pos.sub_(left)
+            i = left.long()
+            f0 = fp.take(i)
+            return fp.take(i.add_(1)).sub_(f0).mul_(frac).add_(f0)
+    i = torch.searchsorted(xp, x).clamp_(1, n - 1)
     j = i - 1
     x0, f0 = xp.take(j), fp.take(j)
     dx = xp.take(i).sub_(x0)

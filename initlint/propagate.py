@@ -153,9 +153,12 @@ def _settle(op: Op, step: Step, ins: list[Est], ctx: Ctx, ests: dict[str, Est]) 
             second, mean = m.second, m.mean
         slope = sum(_expect_deriv(rule, g.value, values) * e.slope for g, e in zip(grads, ins)
                     if isinstance(g, Deriv))
-        # what the model returns has no consumer whose offsets it could set
-        unit = 0.0 if op.kind is OpKind.OUTPUT else _unit_of(rule, ests[source], values, slope,
-                                                              max(second - mean * mean, 0.0))
+        if op.kind is OpKind.OUTPUT:  # what the model returns has no consumer whose offsets it could set
+            unit = 0.0
+        elif same is not None and slope == same.slope:  # what _unit_of gave the operand for the same arguments
+            unit = same.unit
+        else:
+            unit = _unit_of(rule, ests[source], values, slope, max(second - mean * mean, 0.0))
     else:
         source, second, mean, unit, slope = op.name, step.second, step.mean, step.unit, 1.0
         rule = matched(step.rule, mean, second) if step.rule is not None else step.gaussian_rule()
@@ -198,7 +201,7 @@ def _unit_of(rule: Rule, src: Est, values: torch.Tensor, slope: float, variance:
         return min(slope * slope * src.unit, variance)
     within, offset = compressed_gaussian(0.0, var - u, 48), compressed_gaussian(src.mean, u, 48)
     z = offset.nodes[:, None] + within.nodes[None, :]
-    h = interpolate(z.view(-1), rule.nodes, values).view(z.shape)
+    h = interpolate(z.view(-1), rule.nodes, values, rule.spaced).view(z.shape)
     mean = torch.mv(h, within.weights)
     spread = torch.mv(h.mul_(h), within.weights).sub_(mean.mul_(mean)).clamp_(min=0.0)
     return min(max(variance - float(torch.dot(offset.weights, spread)), 0.0), variance)

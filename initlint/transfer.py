@@ -296,7 +296,7 @@ def _max_within_units(ctx: Ctx, x: Est, k: int) -> Rule | None:
     offset = compressed_gaussian(mean, u, 64)
     z = (offset.nodes[:, None] + coarse.nodes[None, :]).reshape(-1)
     w = (offset.weights[:, None] * coarse.weights[None, :]).reshape(-1)
-    return compress(interpolate(z, src.nodes, x.values), w)
+    return compress(interpolate(z, src.nodes, x.values, src.spaced), w)
 
 
 def _over_units(op: Op, x: Est) -> bool:
