@@ -72,6 +72,8 @@ class Recorder:
         self.fwd: list[tuple[int, torch.Tensor, int]] = []  # op index, [|x|, sum, min, max], numel
         self.bwd: list[tuple[int, torch.Tensor, int]] = []  # op index, [|g|, sum], numel
         self.handles: list[Any] = []  # hooks on leaf tensors (inputs, parameters), removed at the end
+        self.hooked: set[int] = set()  # ops whose gradient a hook waits for, and those whose hook ran
+        self.fired: set[int] = set()
 
     def probe(self, value: Any, idx: int) -> None:
         t = first_tensor(value)
@@ -83,11 +85,13 @@ class Recorder:
         lo, hi = torch.aminmax(x)
         self.fwd.append((idx, torch.stack([torch.linalg.vector_norm(x), x.sum(), lo, hi]), x.numel()))
         if t.requires_grad and idx not in self.no_backward:
+            self.hooked.add(idx)
             handle = t.register_hook(functools.partial(self._grad, idx))
             if t.grad_fn is None:
                 self.handles.append(handle)
 
     def _grad(self, idx: int, g: torch.Tensor) -> None:
+        self.fired.add(idx)
         g = g.detach()
         g = g.float() if g.dtype in (torch.float16, torch.bfloat16) else g
         self.bwd.append((idx, torch.stack([torch.linalg.vector_norm(g), g.sum()]), g.numel()))

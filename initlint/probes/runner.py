@@ -415,6 +415,7 @@ class _Recorder(Recorder):
         if self.stop_after is not None and len(self.values) >= self.stop_after:
             raise _Enough
         if t.requires_grad and idx in self.bwd_taps:
+            self.hooked.add(-1 - idx)
             handle = t.register_hook(functools.partial(self._grad_taps, idx))
             if t.grad_fn is None:
                 self.handles.append(handle)
@@ -428,6 +429,7 @@ class _Recorder(Recorder):
         self.slots.clear()
 
     def _grad_taps(self, idx: int, g: torch.Tensor) -> None:
+        self.fired.add(-1 - idx)
         for tap in self.bwd_taps.get(idx, ()):
             self.values.setdefault((tap.op, tap.key), tap.reduce(g.detach()))
 
@@ -573,7 +575,20 @@ def _run(runnable: Runnable, graph: ModelGraph, rec: _Recorder, dev: torch.devic
         return {}
     loss = surrogate_loss(outs, seed)
     del out, outs
-    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    # Without parameter gradient norms to read, the backward runs to the float inputs only: the gradients at the
+    # ops are the same, and the weights' gradients (half a linear layer's backward) are not computed. Where an
+    # op's hook got no gradient that way (its only path goes to parameters), the rest of the backward runs to
+    # every leaf, as before.
+    own = [t for t in inputs.values() if t.requires_grad]
+    if params or not own or len(own) == len(leaves):
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    else:
+        grads = torch.autograd.grad(loss, own, allow_unused=True, retain_graph=True)
+        if rec.hooked - rec.fired:
+            grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+        else:
+            leaves = own
+        del loss
     index = {id(t): g for t, g in zip(leaves, grads)}
     norms = {}
     for name in params:

@@ -32,3 +32,30 @@ def test_at_least_min_batch_samples():
     graph, run = _setup(model, torch.randn(32, 3, 32, 32))
     ops = [op.name for op in graph if op.kind.value == "conv"]
     assert _enough_batch(graph, run, Needs.of(ops=ops), {"IL101"}, 32) == MIN_BATCH
+
+
+class _ParamBranch(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+        self.offset = nn.Parameter(torch.randn(16))
+
+    def forward(self, x):
+        return self.fc(x) + self.offset * 2.0
+
+
+def test_backward_to_the_inputs_only_keeps_every_gradient_read():
+    """Without parameter norms to read the backward stops at the inputs; an op whose gradient only reaches a
+    parameter (``offset * 2``) still gets its backward statistics (the rest of the backward runs)."""
+    from initlint.probes.runner import run_pass
+
+    torch.manual_seed(0)
+    model = _ParamBranch()
+    graph, run = _setup(model, torch.randn(8, 16))
+    ops = [op.name for op in graph if op.kind.value in ("linear", "scale", "mul", "add")]
+    assert ops
+    ev = run_pass(run, Needs.of(ops=ops), torch.device("cpu"))
+    full = run_pass(run, Needs.of(ops=ops, params=["fc.weight"]), torch.device("cpu"))
+    for name in ops:
+        assert ev.signals[name].backward is not None, name
+        assert ev.signals[name].backward == full.signals[name].backward, name
