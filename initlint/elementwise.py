@@ -40,8 +40,12 @@ def rerooted(ctx: Ctx, x: Est, values: torch.Tensor | None = None, gain: float =
     """A new source with the distribution of ``values`` (default: x's own) under x's grid."""
     rule = ctx.rule(x)
     v = x.values if values is None else values
-    m = rule.moments(v)
-    return Step(m.second, m.mean, x.unit, rule=Rule(v, rule.weights), grads=(Factor(gain),), **kw)
+    if v is x.values and ctx.ests.get(x.source) is not x:  # x's moments are those of its values on the grid
+        second, mean = x.second, x.mean
+    else:
+        m = rule.moments(v)
+        second, mean = m.second, m.mean
+    return Step(second, mean, x.unit, rule=Rule(v, rule.weights), own=True, grads=(Factor(gain),), **kw)
 
 
 # -- activations, scale, math ------------------------------------------------------------------------------
@@ -126,7 +130,8 @@ def _independent(op: Op, a: Est, b: Est, ctx: Ctx) -> Step:
     if rule is not None:
         m = rule.moments(rule.nodes)
         second, mean = m.second, m.mean
-    return Step(second, mean, unit, rule=rule, grads=(Factor(ga * bcast(op, a)), Factor(gb * bcast(op, b))))
+    return Step(second, mean, unit, rule=rule, own=rule is not None,
+                grads=(Factor(ga * bcast(op, a)), Factor(gb * bcast(op, b))))
 
 
 def _exact(kind: OpKind, ra: Rule, va: torch.Tensor, rb: Rule, vb: torch.Tensor) -> Rule | None:
@@ -181,7 +186,7 @@ def _where(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
     grads[signals[0]], grads[signals[1]] = Factor(q * bcast(op, a)), Factor((1 - q) * bcast(op, b))
     rule = mixture([(ctx.rule(a), a.values, q), (ctx.rule(b), b.values, 1 - q)])
     m = rule.moments(rule.nodes)
-    return Step(m.second, m.mean, q * a.unit + (1 - q) * b.unit, rule=rule, grads=tuple(grads))
+    return Step(m.second, m.mean, q * a.unit + (1 - q) * b.unit, rule=rule, own=True, grads=tuple(grads))
 
 
 def _dropout(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step:
@@ -196,7 +201,8 @@ def _dropout(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step:
     scale = 1.0 / keep if p.inverted else 1.0
     rule = mixture([(ctx.rule(x), x.values * scale, keep), (point(0.0), torch.zeros(1, dtype=DTYPE), p.p)])
     m = rule.moments(rule.nodes)
-    return Step(m.second, m.mean, x.unit * (keep * scale) ** 2, rule=rule, grads=(Factor(keep * scale * scale),))
+    return Step(m.second, m.mean, x.unit * (keep * scale) ** 2, rule=rule, own=True,
+                grads=(Factor(keep * scale * scale),))
 
 
 # -- reshapes and copies -----------------------------------------------------------------------------------
@@ -236,7 +242,7 @@ def _passthrough(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
         kept = n_in / n_out
         rule = mixture([(ctx.rule(x), x.values, kept), (point(0.0), torch.zeros(1, dtype=DTYPE), 1 - kept)])
         m = rule.moments(rule.nodes)
-        return Step(m.second, m.mean, x.unit * kept, rule=rule, grads=(Factor(1.0),))
+        return Step(m.second, m.mean, x.unit * kept, rule=rule, own=True, grads=(Factor(1.0),))
     producer = ctx.graph.op(op.inputs[0])
     if base_name(producer.target) in SPLITS and producer.inputs:  # one chunk of a split
         n_in = ctx.graph.op(producer.inputs[0]).numel

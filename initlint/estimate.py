@@ -98,6 +98,7 @@ class Step:
     source: str | None = None
     slope: float = 1.0
     rule: Rule | None = field(default=None, repr=False)
+    own: bool = False  # ``second`` and ``mean`` are ``rule``'s own moments: nothing for ``matched`` to adjust
     grads: tuple[Grad, ...] = ()
     channels_first: bool | None = None  # None: as the first operand
     rows: Rows | None = None  # set by ops that make rows differ (concatenation along rows)

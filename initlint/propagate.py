@@ -161,7 +161,10 @@ def _settle(op: Op, step: Step, ins: list[Est], ctx: Ctx, ests: dict[str, Est]) 
             unit = _unit_of(rule, ests[source], values, slope, max(second - mean * mean, 0.0))
     else:
         source, second, mean, unit, slope = op.name, step.second, step.mean, step.unit, 1.0
-        rule = matched(step.rule, mean, second) if step.rule is not None else step.gaussian_rule()
+        if step.rule is None:
+            rule = step.gaussian_rule()
+        else:  # a grid with its own moments is matched already (to rounding: matched would shift it by 0)
+            rule = step.rule if step.own else matched(step.rule, mean, second)
         ctx.rules[source] = rule
         values = rule.nodes
     floating = _floating(op)

@@ -262,7 +262,7 @@ def _pool(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
     if kind in (PoolKind.MAX, PoolKind.ADAPTIVE_MAX):
         rule = _max_within_units(ctx, x, k) or max_of(ctx.rule(x), x.values, k)
         m = rule.moments(rule.nodes)
-        return Step(m.second, m.mean, x.unit, rule=rule, channels_first=True,
+        return Step(m.second, m.mean, x.unit, rule=rule, own=True, channels_first=True,
                     grads=(Factor(ratio, _argmax_weights(ctx.rule(x), x.values, k)),))
     u = min(x.unit, x.variance)
     return Step(x.mean**2 + u + (x.variance - u) / k, x.mean, u, grads=(Factor(ratio / k),), channels_first=True)
@@ -356,7 +356,7 @@ def _reduce(op: Op, ins: Sequence[Est], ctx: Ctx) -> Step | None:
         rule = max_of(ctx.rule(x), sign * x.values, n)
         rule = Rule(sign * rule.nodes, rule.weights)
         m = rule.moments(rule.nodes)
-        return Step(m.second, m.mean, rule=rule, grads=(Factor(1.0 / n),))
+        return Step(m.second, m.mean, rule=rule, own=True, grads=(Factor(1.0 / n),))
     if kind is Reduction.NORM:
         s = n * x.second
         return Step(s, math.sqrt(s), rule=point(math.sqrt(s)), grads=(Factor(1.0 / n),))
