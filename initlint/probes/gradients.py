@@ -141,6 +141,19 @@ def _bypass(module: nn.Module, args: tuple, kwargs: dict, output):
     return x
 
 
+def _identity(*args, **kwargs):
+    return args[0] if args else next(iter(kwargs.values()))
+
+
+def _shape_kept(seen: dict[int, bool]):
+    """A forward hook noting whether a block returns one tensor of its input's shape (so that a bypass may skip
+    its forward: the block's output is its input, whatever the block computes)."""
+    def hook(module: nn.Module, args: tuple, kwargs: dict, output) -> None:
+        x = args[0] if args else next(iter(kwargs.values()), None)
+        seen[id(module)] = isinstance(x, torch.Tensor) and isinstance(output, torch.Tensor) and x.shape == output.shape
+    return hook
+
+
 def _rms(out: list[float]):
     def hook(module: nn.Module, args: tuple, output) -> None:
         y = output[0] if isinstance(output, (tuple, list)) and output else output
@@ -150,17 +163,29 @@ def _rms(out: list[float]):
 
 
 def last_layer_gradient(model: nn.Module, param: str, ctx: Context, bypass: tuple[str, ...] = (),
-                        watch: tuple[str, ...] = (), rms: list[float] | None = None) -> float:
+                        watch: tuple[str, ...] = (), rms: list[float] | None = None,
+                        kept: dict[int, bool] | None = None) -> float:
     """The gradient norm of ``param`` for the loss ``sum <y, r>`` (r seeded as in the shared pass), eval mode;
     the blocks in ``bypass`` made the identity by forward hooks (removed after), the root mean square of the
-    outputs of the blocks in ``watch`` appended to ``rms``."""
+    outputs of the blocks in ``watch`` appended to ``rms``, and in ``kept`` whether each returned one tensor of its
+    input's shape. A bypassed block ``kept`` says does is not run at all (its forward replaced by the identity
+    for this pass: the same output, without computing what is thrown away)."""
     handles = []
+    skipped: list[tuple[nn.Module, bool, object]] = []
     try:
         with preserved(model), torch.enable_grad():
             for path in bypass:
-                handles.append(repairs.submodule(model, path).register_forward_hook(_bypass, with_kwargs=True))
+                block = repairs.submodule(model, path)
+                if kept is not None and kept.get(id(block)):
+                    skipped.append((block, "forward" in block.__dict__, block.__dict__.get("forward")))
+                    block.forward = _identity
+                else:
+                    handles.append(block.register_forward_hook(_bypass, with_kwargs=True))
             for path in watch:
-                handles.append(repairs.submodule(model, path).register_forward_hook(_rms(rms)))
+                block = repairs.submodule(model, path)
+                handles.append(block.register_forward_hook(_rms(rms)))
+                if kept is not None:
+                    handles.append(block.register_forward_hook(_shape_kept(kept), with_kwargs=True))
             model.eval()
             torch.manual_seed(ctx.seed)
             p = model.get_parameter(param)
@@ -174,6 +199,11 @@ def last_layer_gradient(model: nn.Module, param: str, ctx: Context, bypass: tupl
     finally:
         for h in handles:
             h.remove()
+        for block, had, forward in skipped:
+            if had:
+                block.forward = forward
+            else:
+                del block.forward
     return float(g.detach().double().norm()) if g is not None else math.nan
 
 
@@ -186,13 +216,15 @@ def post_ln_measure(ctx: Context, finding: Finding) -> Measurement:
     last, depth = blocks[-1], len(blocks)
     param = f"{last}.{_last_weight(repairs.submodule(ctx.model, last))}"
     rms: list[float] = []
-    here = last_layer_gradient(ctx.model, param, ctx, watch=tuple(blocks), rms=rms)
+    kept: dict[int, bool] = {}
+    here = last_layer_gradient(ctx.model, param, ctx, watch=tuple(blocks), rms=rms, kept=kept)
     growth = rms[-1] / rms[0] if len(rms) >= 2 and rms[0] > 0 else math.nan
     before = ctx.before.numbers if ctx.before is not None else {}
     if "one_block_last_layer_gradient" in before:  # after the fix
         switched = _switchable(ctx.model)
         if switched and all(layer.norm_first for _, layer in switched):  # Pre-LN: against the repaired block alone
-            alone, reference = last_layer_gradient(ctx.model, param, ctx, tuple(blocks[:-1])), "the repaired block"
+            alone, reference = last_layer_gradient(ctx.model, param, ctx, tuple(blocks[:-1]), kept=kept), \
+                "the repaired block"
         else:  # DeepNorm: its block alone keeps the constants for L layers; against the block as given
             alone, reference = before["one_block_last_layer_gradient"], "the block as given"
         factor = here / alone if alone > 0 else math.inf
@@ -206,7 +238,7 @@ def post_ln_measure(ctx: Context, finding: Finding) -> Measurement:
         detail = (f"`{param}`'s gradient: {here:.3g} through the {depth} blocks, x{factor:.3g} of {reference} "
                   f"alone ({gap:.3g}x lower than before)")
         return Measurement(numbers, status, detail)
-    alone = last_layer_gradient(ctx.model, param, ctx, tuple(blocks[:-1]))
+    alone = last_layer_gradient(ctx.model, param, ctx, tuple(blocks[:-1]), kept=kept)
     factor = here / alone if alone > 0 else math.inf
     numbers = {"last_layer_gradient": here, "one_block_last_layer_gradient": alone,
                "depth_gradient_factor": factor, "stream_growth": growth, "layers": float(depth)}
