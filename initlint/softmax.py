@@ -25,6 +25,7 @@ import torch
 SAMPLES = 1 << 18  # logits drawn per estimate: about 0.3% precision on E[p^2]
 MAX_ROWS = 256  # query rows simulated (evenly spaced), enough to average a causal mask's row lengths
 SEED = 0
+_NO_SHIFT = 50.0  # logits below this in magnitude are exponentiated as they are, not less their row's largest
 
 
 @dataclass(frozen=True)
@@ -64,12 +65,15 @@ def _stats(n_q: int, n_k: int, variance: float, causal: bool) -> SoftmaxStats:
     ``log_softmax`` and its ``exp`` took two and a logarithm; the same numbers to rounding). Every pass
     writes into the two scratch matrices of the shape: a fresh matrix of this size is fresh memory, and
     faulting it in cost as much as the arithmetic."""
-    z, d, mask, p, jac = _keys_first(n_q, n_k, causal)
-    torch.mul(z, math.sqrt(variance), out=p)
+    z, d, mask, p, jac, z_max = _keys_first(n_q, n_k, causal)
+    std = math.sqrt(variance)
+    torch.mul(z, std, out=p)
     if mask is not None:
         p.masked_fill_(mask, -math.inf)
-    p.sub_(p.amax(0)).exp_()
-    p.div_(p.sum(0))
+    if std * z_max > _NO_SHIFT:  # else no exponential can overflow or underflow: the shift changes only roundings
+        p.sub_(p.amax(0))
+    p.exp_()
+    p.mul_(p.sum(0).reciprocal_())
     torch.mul(p, d, out=jac)
     torch.sub(d, jac.sum(0), out=jac).mul_(p)
     n = p.numel()
@@ -93,12 +97,12 @@ def _log_stats(n_q: int, n_k: int, variance: float, causal: bool) -> tuple[float
 @lru_cache(maxsize=4)
 def _keys_first(n_q: int, n_k: int, causal: bool):
     """:func:`_draws` as ``(n_k, draws)`` matrices: the logits, the upstream gradients, the masked entries (or
-    ``None``), and two scratch matrices of that shape for :func:`_stats`."""
+    ``None``), two scratch matrices of that shape for :func:`_stats`, and the largest ``|z|``."""
     z, d, mask, _ = _draws(n_q, n_k, causal)
     flat = (-1, n_k)
     zt, dt = z.reshape(flat).t().contiguous(), d.reshape(flat).t().contiguous()
     masked = None if mask is None else mask.expand(z.shape).reshape(flat).t().contiguous()
-    return zt, dt, masked, torch.empty_like(zt), torch.empty_like(zt)
+    return zt, dt, masked, torch.empty_like(zt), torch.empty_like(zt), float(zt.abs().max())
 
 
 @lru_cache(maxsize=4)
