@@ -31,6 +31,7 @@ def snapshot(model: nn.Module) -> dict:
         "grad_ids": {n: id(p.grad) for n, p in model.named_parameters()},
         "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
         "modes": {n: m.training for n, m in model.named_modules()},
+        "attributes": {n: sorted(vars(m)) for n, m in model.named_modules()},
         "rng": torch.get_rng_state().clone(),
         "py_rng": random.getstate(),
     }
@@ -45,6 +46,7 @@ def assert_same(before: dict, after: dict) -> None:
     assert before["grad_ids"] == after["grad_ids"]
     assert before["requires_grad"] == after["requires_grad"]
     assert before["modes"] == after["modes"]
+    assert before["attributes"] == after["attributes"]
     assert torch.equal(before["rng"], after["rng"])
     assert before["py_rng"] == after["py_rng"]
 
@@ -66,6 +68,35 @@ def test_lint_leaves_model_untouched(rung):
     report = lint(model, x, capture=rung, select=None)
     assert report.targets[0].error is None
     assert_same(before, snapshot(model))
+
+
+class Constant(nn.Module):
+    """A tensor built in forward, which torch.fx stows on the model it traces as ``_tensor_constant0``; a hot
+    output layer, so that the probes run on it too."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+        nn.init.normal_(self.fc.weight, std=1.0)
+
+    def forward(self, x):
+        return self.fc(x * torch.tensor([0.5, 2.0]).repeat(8))
+
+
+@pytest.mark.parametrize("rung", [None, "fx", "export", "hooks"])
+@pytest.mark.parametrize("probe", [False, True])
+def test_constants_built_in_forward_are_not_left_on_the_model(rung, probe):
+    torch.manual_seed(0)
+    model, x = Constant(), torch.randn(8, 16)
+    before = snapshot(model)
+    report = lint(model, x, capture=rung, probe=probe, signals=probe)
+    target = report.targets[0]
+    assert target.error is None
+    assert target.findings  # IL104: a layer this scale at the output
+    assert not any(k.startswith("_tensor_constant") for k in vars(model))
+    assert_same(before, snapshot(model))
+    if probe:
+        assert all(f.probe.fix_verified for f in target.findings)  # the repaired copy runs too
 
 
 def test_snapshot_detects_a_change():

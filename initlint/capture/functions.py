@@ -441,7 +441,7 @@ def _random(c: Call):
 
 _FACTORIES = ("arange", "zeros", "ones", "full", "zeros_like", "ones_like", "full_like", "empty", "empty_like",
               "tensor", "scalar_tensor", "eye", "linspace", "new_zeros", "new_ones", "new_full", "new_empty",
-              "empty_strided", "lift_fresh_copy", "triu_indices", "tril_indices")
+              "empty_strided", "triu_indices", "tril_indices")
 for _n in _FACTORIES:
     FUNCTIONS[_n] = lambda c: OpSpec(OpKind.FACTORY, ())
 
@@ -455,7 +455,7 @@ _PASSTHROUGH = (
     "upsample_bicubic2d", "upsample_trilinear3d", "pixel_shuffle", "pixel_unshuffle", "movedim", "moveaxis",
     "repeat_interleave", "view_as", "reshape_as", "as_strided", "index", "mT", "swapaxes", "swapdims",
     "unfold", "masked_select", "cpu", "cuda", "requires_grad_", "long", "int", "bool", "nan_to_num",
-    "dropout_", "flatten_dense_tensors", "copy", "lift", "slice_scatter", "select_scatter", "tile",
+    "dropout_", "flatten_dense_tensors", "copy", "lift", "lift_fresh_copy", "slice_scatter", "select_scatter", "tile",
     "broadcast_to", "channel_shuffle", "cumsum_", "zero_",
 )
 for _n in _PASSTHROUGH:

@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - torch before 2.3
 
 _LOC = "initlint_location"
 _SHAPE = "initlint_shape"
+CONSTANT = "initlint_constant"  # a get_attr node's value when torch.fx stowed it as a constant (see trace)
 
 
 def _iter(self) -> Any:
@@ -100,14 +101,31 @@ def trace(model: nn.Module, inputs: ExampleInputs) -> tuple[torch.fx.Graph, list
     if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for n, p in sig.parameters.items() if n in bound.arguments):
         raise TypeError("forward takes *args or **kwargs, which symbolic tracing cannot bind")
     tracer = Tracer()
-    graph = tracer.trace(model, concrete_args=concrete or None)
+    own = set(vars(model))
+    try:
+        graph = tracer.trace(model, concrete_args=concrete or None)
+    finally:
+        # torch.fx stows a tensor built in forward (``x * torch.tensor([...])``) as an attribute of the root it
+        # traces, the user's model: it is taken off again, and its get_attr nodes carry the value themselves
+        constants = {k: vars(model).pop(k) for k in set(vars(model)) - own}
+    if constants:
+        for node in graph.nodes:
+            if node.op == "get_attr" and node.target in constants:
+                node.meta[CONSTANT] = constants[node.target]
     values = [bound.arguments[n.target] for n in graph.nodes if n.op == "placeholder" and n.target in bound.arguments]
     return graph, values
 
 
 def graph_module(model: nn.Module, graph: torch.fx.Graph) -> torch.fx.GraphModule:
-    """The runnable module of a traced graph: ``model``'s submodules and tensors at the graph's targets."""
-    return _GraphModule(model, graph, type(model).__name__)
+    """The runnable module of a traced graph: ``model``'s submodules and tensors at the graph's targets, and the
+    constants torch.fx stowed (kept off the model: see :func:`trace`)."""
+    constants = {n.target: n.meta[CONSTANT] for n in graph.nodes if n.op == "get_attr" and CONSTANT in n.meta}
+    root = model
+    if constants:  # a shallow stand-in: the model's attributes, submodules and tensors, and the constants
+        root = nn.Module.__new__(nn.Module)
+        root.__dict__.update(vars(model))
+        root._buffers = {**model._buffers, **constants}
+    return _GraphModule(root, graph, type(model).__name__)
 
 
 def propagate_shapes(root: nn.Module, graph: torch.fx.Graph, values: list[Any]) -> None:
@@ -145,7 +163,7 @@ def propagate_shapes(root: nn.Module, graph: torch.fx.Graph, values: list[Any]) 
                 elif op == "call_module":
                     result = _fetch(root, node.target)(*args, **kwargs)
                 elif op == "get_attr":
-                    result = _fetch(root, node.target)
+                    result = _fetch(root, node.target, node)
                 else:  # pragma: no cover - fx has no other node kinds
                     raise RuntimeError(f"unknown fx node kind {op!r}")
             env[node] = result
@@ -204,7 +222,7 @@ def _to_graph(graph: torch.fx.Graph, model: nn.Module, name: str, sites: dict[in
 
             env[node.name] = asm.add(Op(node.name, OpKind.INPUT, "input", shape=shape, dtype=dtype))
         elif node.op == "get_attr":
-            value = _fetch(model, node.target)
+            value = _fetch(model, node.target, node)
             if isinstance(value, torch.Tensor):
                 qual = asm.qualname_of(value) or node.target
                 env[node.name] = asm.param(qual, value, node.name)
@@ -235,7 +253,9 @@ def _method_name(target: str) -> str:
     return canonical(target)
 
 
-def _fetch(root: nn.Module, target: str):
+def _fetch(root: nn.Module, target: str, node: torch.fx.Node | None = None):
+    if node is not None and CONSTANT in node.meta:
+        return node.meta[CONSTANT]
     obj: Any = root
     for i, part in enumerate(target.split(".")):
         if not hasattr(obj, part):

@@ -44,6 +44,7 @@ from torch.fx.graph_module import _copy_attr
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..capture.fx import CONSTANT
 from ..capture.program import Program
 from ..graph import ModelGraph
 from ..inputs import ExampleInputs
@@ -263,8 +264,8 @@ def _rebound(gm: torch.fx.GraphModule, root: nn.Module, runnable: "Runnable") ->
     new.__dict__.update(gm.__dict__)
     new._modules, new._parameters, new._buffers = {}, {}, {}
     for node in gm.graph.nodes:
-        if node.op in ("get_attr", "call_module"):
-            _copy_attr(root, new, str(node.target))
+        if node.op in ("get_attr", "call_module"):  # a constant torch.fx stowed is not on the model: gm holds it
+            _copy_attr(gm if CONSTANT in node.meta else root, new, str(node.target))
     if root is gm:
         _rebind(new, runnable.model, runnable.prefix)
     return new
