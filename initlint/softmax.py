@@ -85,43 +85,42 @@ def _stats(n_q: int, n_k: int, variance: float, causal: bool) -> SoftmaxStats:
 @lru_cache(maxsize=512)
 def _log_stats(n_q: int, n_k: int, variance: float, causal: bool) -> tuple[float, float]:
     """``(E[(log p)^2], E[log p])`` over the unmasked entries."""
-    z, _, mask, live = _draws(n_q, n_k, causal)
-    logits = z * math.sqrt(variance)
+    z, _, mask, p, _, _ = _keys_first(n_q, n_k, causal)
+    torch.mul(z, math.sqrt(variance), out=p)
     if mask is not None:
-        logits.masked_fill_(mask, -math.inf)
-    logp = torch.log_softmax(logits, dim=-1)
-    logp = logp.view(-1) if live is None else logp.view(-1).index_select(0, live)
-    return float((logp * logp).mean()), float(logp.mean())
+        p.masked_fill_(mask, -math.inf)
+    logp = torch.log_softmax(p, dim=0)
+    logp = logp.view(-1) if mask is None else logp.masked_select(~mask)
+    return float(torch.dot(logp, logp)) / logp.numel(), float(logp.mean())
 
 
 @lru_cache(maxsize=4)
 def _keys_first(n_q: int, n_k: int, causal: bool):
-    """:func:`_draws` as ``(n_k, draws)`` matrices: the logits, the upstream gradients, the masked entries (or
-    ``None``), two scratch matrices of that shape for :func:`_stats`, and the largest ``|z|``."""
-    z, d, mask, _ = _draws(n_q, n_k, causal)
+    """The draws of one shape (:func:`_draws`) as ``(n_k, draws)`` matrices: the logits, the upstream gradients,
+    the masked entries (or ``None``); two scratch matrices of that shape for :func:`_stats`; the largest
+    ``|z|``. One copy of the draws per shape is kept, in this layout."""
+    z, d, mask = _draws(n_q, n_k, causal)
     flat = (-1, n_k)
     zt, dt = z.reshape(flat).t().contiguous(), d.reshape(flat).t().contiguous()
     masked = None if mask is None else mask.expand(z.shape).reshape(flat).t().contiguous()
     return zt, dt, masked, torch.empty_like(zt), torch.empty_like(zt), float(zt.abs().max())
 
 
-@lru_cache(maxsize=4)
 def _draws(n_q: int, n_k: int, causal: bool):
     """The standard normal logits and upstream gradients of one shape (``_stats`` scales the logits by the
-    standard deviation: the draws do not depend on the variance, and drawing them is most of the cost), the
-    causal mask's masked entries and the flat positions of its live ones (``None`` when nothing is masked)."""
+    standard deviation: the draws do not depend on the variance, and drawing them is most of the cost) and the
+    causal mask's masked entries (``None`` when nothing is masked)."""
     gen = torch.Generator().manual_seed(SEED)
     rows = torch.linspace(0, n_q - 1, min(n_q, MAX_ROWS)).round().long()
     reps = max(1, SAMPLES // (len(rows) * n_k))
     z = torch.randn(reps, len(rows), n_k, generator=gen, dtype=torch.float64)
     d = torch.randn(z.shape, generator=gen, dtype=torch.float64)
     if not causal:
-        return z, d, None, None
+        return z, d, None
     keep = torch.arange(n_k)[None, :] <= rows[:, None]
     if bool(keep.all()):
-        return z, d, None, None
-    live = keep.expand(z.shape).reshape(-1).nonzero().squeeze(1)
-    return z, d, ~keep, live
+        return z, d, None
+    return z, d, ~keep
 
 
 __all__ = ["SoftmaxStats", "softmax_stats"]
