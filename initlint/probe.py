@@ -102,9 +102,10 @@ def probe(target: Target, graph: ModelGraph, findings: Sequence[Finding], *, pro
         needs = [_needs(p, graph, f) for p, f in zip(chosen, findings)]
         enough = _enough_batch(graph, runnable, _union(needs), {f.code for p, f in zip(chosen, findings) if p},
                                options.max_batch)
+        at_cap = runnable
         if enough is not None:
             runnable = capped(runnable, enough, options.max_spatial)
-        evidence, runnable = _shared_pass(program, graph, runnable, _union(needs), dev, options.seed)
+        evidence, runnable = _shared_pass(program, graph, runnable, _union(needs), dev, options.seed, at_cap)
         bar.step()
         ctx = Context(model, graph, runnable.inputs, dev, options.seed, evidence, runnable)
         before = []
@@ -182,8 +183,14 @@ def _union(needs: Sequence[Needs | Exception]) -> Needs:
 
 
 def _shared_pass(program: Program, graph: ModelGraph, runnable: Runnable, needs: Needs, dev: torch.device,
-                 seed: int) -> tuple[Evidence, Runnable]:
-    """The shared pass at the caps; on failure (a model that needs its full input size), once uncapped."""
+                 seed: int, at_cap: Runnable | None = None) -> tuple[Evidence, Runnable]:
+    """The shared pass at the caps (below them where ``runnable`` is cut further than ``at_cap``); on failure (a
+    model that needs a batch or its full input size), at the caps, then once uncapped."""
+    if at_cap is not None and at_cap.inputs is not runnable.inputs:
+        try:
+            return run_pass(runnable, needs, dev, seed), runnable
+        except Exception:  # noqa: BLE001 - a model that needs its batch: at the caps
+            runnable = at_cap
     try:
         return run_pass(runnable, needs, dev, seed), runnable
     except Exception as first:  # noqa: BLE001

@@ -59,3 +59,26 @@ def test_backward_to_the_inputs_only_keeps_every_gradient_read():
     for name in ops:
         assert ev.signals[name].backward is not None, name
         assert ev.signals[name].backward == full.signals[name].backward, name
+
+
+class _FixedBatch(nn.Module):
+    """A model that only runs at a batch of 32 (a hard-coded view)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(2048, 2048)
+        self.out = nn.Linear(2048, 2048)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.fc(x))).view(32, -1)
+
+
+def test_a_model_that_needs_its_batch_is_probed_at_the_cap():
+    from initlint import lint
+
+    torch.manual_seed(0)
+    model = _FixedBatch()
+    torch.nn.init.normal_(model.fc.weight, std=1.0)
+    report = lint(model, torch.randn(32, 2048), select=["IL101"], probe=True, device="cpu")
+    (f,) = report.findings
+    assert f.probe.status.value == "confirmed", f.probe.detail
