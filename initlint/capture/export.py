@@ -20,6 +20,7 @@ from torch import nn
 from ..inputs import ExampleInputs
 from ..ops import Capture, Location, Op, OpKind
 from ..sources import from_stack_trace
+from .constants import FOLD_ELEMENTS, folds
 from .assemble import OPAQUE, Assembler, shape_and_dtype
 from .normalize import Call, Ref, canonical, display_target, flatten_refs, function_name
 
@@ -83,6 +84,7 @@ def to_graph(ep: torch.export.ExportedProgram, prefix: str, model: nn.Module, na
     state = {**dict(ep.state_dict), **dict(getattr(ep, "constants", {}) or {})}
     user_outputs = set(sig.user_outputs)
     env: dict[str, Any] = {}
+    known: dict[str, Any] = {}  # node name -> its value, where it depends on no input and no parameter
 
     def strip(path: str) -> str:
         return path[len(prefix):] if prefix and path.startswith(prefix) else ("" if path == prefix[:-1] else path)
@@ -99,6 +101,8 @@ def to_graph(ep: torch.export.ExportedProgram, prefix: str, model: nn.Module, na
                 qual = lifted[node.name]
                 tensor = _lookup(model, strip(qual), state.get(qual))
                 env[node.name] = asm.param(strip(qual), tensor, node.name) if tensor is not None else OPAQUE
+                if tensor is not None and node.name not in sig.inputs_to_parameters:
+                    known[node.name] = tensor
             elif shape is not None:
                 env[node.name] = asm.add(Op(node.name, OpKind.INPUT, "input", shape=shape, dtype=dtype))
             else:
@@ -116,6 +120,12 @@ def to_graph(ep: torch.export.ExportedProgram, prefix: str, model: nn.Module, na
             if shape is None and fname != "getitem" and not _is_tensorish(val):
                 env[node.name] = OPAQUE
                 continue
+            value = _evaluated(node, known)
+            if value is not None:
+                known[node.name] = value
+                if folds(value):  # a table computed in forward from constants (rotary sin and cos): its values
+                    env[node.name] = asm.param(node.name, value, node.name)
+                    continue
             env[node.name] = asm.call(node.name, call, display_target(node.target), owner, loc, shape, dtype)
         elif node.op == "output":
             outs = node.args[0]
@@ -130,6 +140,28 @@ def _is_tensorish(val) -> bool:
     if isinstance(val, (list, tuple)):
         return any(_is_tensorish(v) for v in val)
     return False
+
+
+def _evaluated(node: torch.fx.Node, known: dict[str, Any]):
+    """The value of an aten call whose tensor operands are all ``known`` (buffers, lifted constants, and what
+    was computed from them and from literals: positions by ``arange``, rotary tables), or None. Random and
+    mutating ops are never run."""
+    target = node.target
+    if not isinstance(target, torch._ops.OpOverload) or target._schema.is_mutable \
+            or torch.Tag.nondeterministic_seeded in target.tags:
+        return None
+    if any(n.name not in known for n in node.all_input_nodes):
+        return None
+    args = torch.fx.node.map_arg(node.args, lambda n: known[n.name])
+    kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: known[n.name])
+    try:
+        with torch.no_grad():
+            value = target(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - what cannot be evaluated here stays estimated
+        return None
+    if not isinstance(value, torch.Tensor) or value.is_meta or value.numel() > FOLD_ELEMENTS:
+        return None
+    return value
 
 
 def _lookup(model: nn.Module, qualname: str, fallback):

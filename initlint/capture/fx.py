@@ -22,6 +22,7 @@ from ..inputs import ExampleInputs
 from ..ops import Capture, Location
 from ..sources import user_frame
 from .assemble import OPAQUE, Assembler, shape_and_dtype
+from .constants import FOLD_ELEMENTS, RANDOM, folds
 from .normalize import Call, Ref, display_target, function_name, is_known_leaf
 
 try:  # generates the module's Python code on its first call, not at construction: a lint never calls it
@@ -31,6 +32,8 @@ except ImportError:  # pragma: no cover - torch before 2.3
 
 _LOC = "initlint_location"
 _SHAPE = "initlint_shape"
+_VALUE = "initlint_value"  # a call's value, where it depends on no input and no parameter (see .constants)
+_LITERAL = "initlint_literal"  # a number or size computed from shapes (q.shape[-1] ** 0.5): a literal, as in export
 CONSTANT = "initlint_constant"  # a get_attr node's value when torch.fx stowed it as a constant (see trace)
 
 
@@ -143,6 +146,8 @@ def propagate_shapes(root: nn.Module, graph: torch.fx.Graph, values: list[Any]) 
                 seen.add(n)
                 last_uses.setdefault(node, []).append(n)
     env: dict[torch.fx.Node, Any] = {}
+    known: set[torch.fx.Node] = set()  # nodes whose value depends on no input and no parameter
+    static: set[torch.fx.Node] = set()  # nodes whose value is a number or size that depends on shapes only
     load = env.__getitem__
     args_iter = iter(graph.process_inputs(*values))
     with torch.no_grad():
@@ -168,10 +173,55 @@ def propagate_shapes(root: nn.Module, graph: torch.fx.Graph, values: list[Any]) 
                     raise RuntimeError(f"unknown fx node kind {op!r}")
             env[node] = result
             node.meta[_SHAPE] = shape_and_dtype(result) if _has_tensor(result) else (None, None)
+            if op in ("call_function", "call_method") and _static(node, result, static):
+                static.add(node)
+                node.meta[_LITERAL] = result
+            elif op != "output" and _known(node, result, known):
+                known.add(node)
+                if op in ("call_function", "call_method") and isinstance(result, torch.Tensor) \
+                        and result.numel() <= FOLD_ELEMENTS:
+                    node.meta[_VALUE] = result.detach().clone()  # a later in-place op may write the original
             if op == "output":
                 return
             for dead in last_uses.get(node, ()):
                 del env[dead]
+
+
+_SHAPE_OF = frozenset({"size", "dim", "ndimension", "numel", "nelement"})
+
+
+def _static(node: torch.fx.Node, result: Any, static: set) -> bool:
+    """Whether ``node`` computes a number or a size from shapes alone (``x.shape``, ``x.size(-1)``, then
+    arithmetic, ``math.sqrt``...): torch.fx traces it, torch.export specializes it to its value."""
+    if not _is_static_value(result):
+        return False
+    if node.op == "call_function" and node.target is getattr:
+        return len(node.args) > 1 and node.args[1] in ("shape", "ndim")
+    if node.op == "call_method" and node.target in _SHAPE_OF:
+        return True
+    return bool(node.all_input_nodes) and all(n in static for n in node.all_input_nodes)
+
+
+def _is_static_value(value: Any) -> bool:
+    if isinstance(value, bool) or isinstance(value, (int, float)):
+        return True
+    return isinstance(value, (tuple, list)) and all(isinstance(v, int) for v in value)  # torch.Size
+
+
+def _known(node: torch.fx.Node, result: Any, known: set) -> bool:
+    """Whether ``node``'s value is a constant of the model: a buffer or stowed constant, or a deterministic
+    function of constants (and literals)."""
+    if node.op == "get_attr":
+        return isinstance(result, torch.Tensor) and not isinstance(result, nn.Parameter)
+    if node.op == "call_function":
+        name = function_name(node.target)
+    elif node.op == "call_method":
+        name = _method_name(node.target)
+    else:  # placeholders, modules
+        return False
+    if name in RANDOM or name.endswith("_") or not all(n in known for n in node.all_input_nodes):
+        return False
+    return not isinstance(result, torch.Tensor) or not result.requires_grad
 
 
 def _placeholder(node: torch.fx.Node, args_iter) -> Any:
@@ -235,6 +285,10 @@ def _to_graph(graph: torch.fx.Graph, model: nn.Module, name: str, sites: dict[in
             call = Call(type(leaf).__name__, list(resolve(node.args)), dict(resolve(node.kwargs)))
             env[node.name] = asm.call(node.name, call, f"nn.{type(leaf).__name__}", node.target, loc, shape, dtype,
                                       leaf=leaf)
+        elif _LITERAL in node.meta:  # a number from shapes: the value, as torch.export gives it
+            env[node.name] = node.meta[_LITERAL]
+        elif _VALUE in node.meta and folds(node.meta[_VALUE]):  # a table computed from constants: its values
+            env[node.name] = asm.param(node.name, node.meta[_VALUE], node.name)
         elif node.op in ("call_function", "call_method"):
             fname = function_name(node.target) if node.op == "call_function" else _method_name(node.target)
             call = Call(fname, list(resolve(node.args)), dict(resolve(node.kwargs)), out_shape=shape)
