@@ -213,13 +213,15 @@ def _known(node: torch.fx.Node, result: Any, known: set) -> bool:
     function of constants (and literals)."""
     if node.op == "get_attr":
         return isinstance(result, torch.Tensor) and not isinstance(result, nn.Parameter)
+    if not all(n in known for n in node.all_input_nodes):  # first: what most nodes fail, and the cheapest
+        return False
     if node.op == "call_function":
         name = function_name(node.target)
     elif node.op == "call_method":
         name = _method_name(node.target)
     else:  # placeholders, modules
         return False
-    if name in RANDOM or name.endswith("_") or not all(n in known for n in node.all_input_nodes):
+    if name in RANDOM or name.endswith("_"):
         return False
     return not isinstance(result, torch.Tensor) or not result.requires_grad
 
