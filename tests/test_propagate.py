@@ -520,3 +520,92 @@ class CatConv(nn.Module):
 def test_unet_concat_into_a_xavier_conv(c_out, expected):  # claim 7: 4c/(2c + c_out), not always 4/3
     g = _graph(CatConv(32, c_out), torch.randn(2, 32, 8, 8), torch.randn(2, 32, 8, 8))
     assert _rel(g.signal(_first(g, OpKind.CONV)).forward.second, expected) < SAMPLING
+
+
+# -- the engine's fast paths give the numbers of the direct computations they replace, to rounding ------------
+
+ROUNDING = 1e-12  # relative
+
+
+@pytest.mark.parametrize("variance", [0.0, 1e-8, 0.3, 1.0, 4.0, 30.0, 1e3])
+def test_recurrent_gates_from_one_tanh_equal_each_activation_on_the_grid(variance):
+    from initlint.gains import gate_gains, tanh_gain
+
+    sig, tanh = gate_gains(variance)
+    for fast, fn in ((sig, Activation.SIGMOID), (tanh, Activation.TANH), (tanh_gain(variance), Activation.TANH)):
+        ref = activation_gain(ActivationParams(fn), Moments(variance))
+        for a, b in ((fast.forward.second, ref.forward.second), (fast.backward, ref.backward),
+                     (fast.slope, ref.slope), (fast.forward.mean, ref.forward.mean)):
+            assert a == pytest.approx(b, rel=ROUNDING, abs=1e-15)
+
+
+def test_closed_form_slopes_equal_autograd_to_rounding():
+    from initlint.gains import _ROUNDED_SLOPES, activation, gaussian, with_derivative
+
+    x = torch.cat([gaussian(0.3, 2.0).nodes, gaussian(-1.0, 30.0).nodes, gaussian(0.0, 1e-6).nodes])
+    for p in (ActivationParams(Activation.GELU), ActivationParams(Activation.GELU, approximate="tanh"),
+              ActivationParams(Activation.SILU), ActivationParams(Activation.LEAKY_RELU, negative_slope=0.2),
+              ActivationParams(Activation.PRELU), ActivationParams(Activation.RRELU)):
+        y, d = with_derivative(activation(p), x)
+        assert float((_ROUNDED_SLOPES[p.fn](p, x, y) - d).abs().max()) < 1e-13, p
+
+
+def test_sorting_floats_by_their_bits_sorts_as_torch_does():
+    from initlint.transfer import _sorted
+
+    g = torch.Generator().manual_seed(0)
+    for t in (torch.randn(5000, generator=g), torch.randn(700, generator=g, dtype=torch.float64) * 1e-300,
+              torch.tensor([float("inf"), -float("inf"), 1.0, -1.0, 3.0]), torch.randint(-5, 5, (300,), generator=g),
+              torch.randn(300, generator=g).half(), torch.tensor([0.0, -0.0, 1.0, -1.0]),
+              torch.tensor([float("nan"), 1.0, -2.0])):
+        a, b = t.sort().values, _sorted(t)
+        assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a[~a.isnan()], b[~b.isnan()]), t.dtype
+
+
+def test_compressed_gaussians_are_the_compressed_grid_node_for_node():
+    from initlint.gains import compress, compressed_gaussian, gaussian, max_of
+
+    for mean, variance in ((0.0, 1.0), (0.3, 2.5), (-1e-3, 1e-9), (0.0, 0.0), (2.0, 0.0)):
+        g = gaussian(mean, variance)
+        a, b = compress(g.nodes, g.weights, 48), compressed_gaussian(mean, variance, 48)
+        assert torch.equal(a.nodes, b.nodes) and torch.equal(a.weights, b.weights)
+    g = gaussian(0.0, 0.7)
+    top = max_of(g, g.nodes, 4)
+    a, b = compress(top.nodes, top.weights, 64), compressed_gaussian(0.0, 0.7, 64, 4)
+    assert torch.equal(a.nodes, b.nodes) and torch.equal(a.weights, b.weights)
+
+
+def test_interpolation_by_arithmetic_on_an_evenly_spaced_grid_equals_the_binary_search():
+    from initlint.gains import gaussian, interpolate, matched
+
+    g = torch.Generator().manual_seed(0)
+    for rule in (gaussian(0.1, 2.0), gaussian(-3.0, 1e-2), matched(gaussian(0.5, 1.0), 0.6, 1.2)):
+        assert rule.spaced
+        for f in (torch.relu, torch.tanh, torch.square):
+            values = f(rule.nodes)
+            x = torch.cat([rule.nodes, (rule.nodes[:-1] + rule.nodes[1:]) / 2,
+                           rule.nodes[0] + (rule.nodes[-1] - rule.nodes[0]) * (1.4 * torch.rand(500, generator=g,
+                                                                                      dtype=torch.float64) - 0.2)])
+            a, b = interpolate(x, rule.nodes, values), interpolate(x, rule.nodes, values, spaced=True)
+            assert float((a - b).abs().max()) <= 1e-12 * float(values.abs().max())
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_softmax_statistics_equal_a_log_softmax_on_the_same_draws(causal):
+    from initlint import softmax
+
+    for n_q, n_k in ((1, 8), (16, 16)):
+        z, d, mask = softmax._draws(n_q, n_k, causal)
+        for variance in (0.0, 0.09, 3.16, 400.0):
+            logits = z * math.sqrt(variance)
+            if mask is not None:
+                logits = logits.masked_fill(mask, -math.inf)
+            logp = torch.log_softmax(logits, dim=-1)
+            p = logp.exp()
+            jac = (d - (p * d).sum(-1, keepdim=True)) * p
+            live = logp if mask is None else logp[~mask.expand(logp.shape)]
+            st = softmax._stats.__wrapped__(n_q, n_k, variance, causal)
+            assert st.p2 == pytest.approx(float((p * p).mean()), rel=ROUNDING)
+            assert st.jacobian == pytest.approx(float((jac * jac).mean()), rel=ROUNDING)
+            assert st.log_mean == pytest.approx(float(live.mean()), rel=ROUNDING)
+            assert st.log_second == pytest.approx(float((live * live).mean()), rel=ROUNDING)
