@@ -286,7 +286,7 @@ def _local(graph: ModelGraph, op: Op) -> tuple[set[str], list[Op]]:
         if o.kind in (OpKind.NORM, OpKind.INPUT, OpKind.EMBEDDING) or is_norm(graph, o):
             continue
         stack.extend(o.inputs)
-    return seen, [o for o in graph if o.name in layers]
+    return seen, sorted(layers.values(), key=graph.position)  # in graph order, without a walk over the graph
 
 
 def _rests_on_unknown(graph: ModelGraph, op: Op) -> bool:
