@@ -38,8 +38,9 @@ def parameter(model: nn.Module, name: str) -> torch.Tensor:
             raise Unrepairable(f"`{name}` is not a parameter of the model") from None
 
 
-# Twins by the ids of the parameters they still share with the model they were made from.
-_SHARED: "weakref.WeakKeyDictionary[nn.Module, set[int]]" = weakref.WeakKeyDictionary()
+# Twins by the ids of the parameters they still share with the model they were made from, each with where the
+# twin holds it (module, name): a tied parameter is held in several places.
+_SHARED: "weakref.WeakKeyDictionary[nn.Module, dict[int, list]]" = weakref.WeakKeyDictionary()
 
 
 def twin(model: nn.Module) -> nn.Module:
@@ -48,7 +49,12 @@ def twin(model: nn.Module) -> nn.Module:
     another path may be given one (a third-party repair gets a full ``copy.deepcopy``)."""
     params = [p for m in model.modules() for p in m._parameters.values() if p is not None]
     copied = copy.deepcopy(model, {id(p): p for p in params})
-    _SHARED[copied] = {id(p) for p in params}
+    held: dict[int, list] = {id(p): [] for p in params}
+    for m in copied.modules():
+        for k, v in m._parameters.items():
+            if v is not None and id(v) in held:
+                held[id(v)].append((m, k))
+    _SHARED[copied] = held
     return copied
 
 
@@ -60,11 +66,8 @@ def _unshare(model: nn.Module, p: torch.Tensor, new: torch.Tensor | None = None)
     if shared is None or id(p) not in shared:
         return p
     new = copy.deepcopy(p) if new is None else new
-    for m in model.modules():
-        for k, v in list(m._parameters.items()):
-            if v is p:
-                setattr(m, k, new)
-    shared.discard(id(p))
+    for m, k in shared.pop(id(p)):
+        setattr(m, k, new)
     return new
 
 
