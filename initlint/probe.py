@@ -54,12 +54,9 @@ PROGRESS_AFTER = 1.0  # seconds of probing before a progress bar appears on a te
 # passes read (a second moment over n independent elements has a relative standard error sqrt(2 / n): 1.1% at
 # 2^14, against thresholds of 1.5x and more with a gray band of 1.25), and at least MIN_BATCH samples (the
 # spatial elements of one sample are correlated; BatchNorm's batch statistics). Only where every finding's probe
-# reads the stage's passes alone (or a layer alone on its own random input): the others run experiments of
-# their own on the example inputs, with standard errors of their own.
+# reads the stage's passes alone (``Probe.passes_only``).
 ELEMENTS = 1 << 14
 MIN_BATCH = 8
-_FROM_PASSES = frozenset({"IL101", "IL102", "IL103", "IL104", "IL106", "IL201", "IL202", "IL203", "IL206", "IL301",
-                          "IL302", "IL303"})
 
 
 @dataclass(frozen=True)
@@ -100,12 +97,12 @@ def probe(target: Target, graph: ModelGraph, findings: Sequence[Finding], *, pro
     with preserved(model):
         runnable = capped(Runnable.of(program, graph), options.max_batch, options.max_spatial)
         needs = [_needs(p, graph, f) for p, f in zip(chosen, findings)]
-        enough = _enough_batch(graph, runnable, _union(needs), {f.code for p, f in zip(chosen, findings) if p},
-                               options.max_batch)
+        union = _union(needs)
+        enough = _enough_batch(graph, runnable, union, [p for p in chosen if p is not None], options.max_batch)
         at_cap = runnable
         if enough is not None:
             runnable = capped(runnable, enough, options.max_spatial)
-        evidence, runnable = _shared_pass(program, graph, runnable, _union(needs), dev, options.seed, at_cap)
+        evidence, runnable = _shared_pass(program, graph, runnable, union, dev, options.seed, at_cap)
         bar.step()
         ctx = Context(model, graph, runnable.inputs, dev, options.seed, evidence, runnable)
         before = []
@@ -130,12 +127,13 @@ def probe(target: Target, graph: ModelGraph, findings: Sequence[Finding], *, pro
     return tuple(out)
 
 
-def _enough_batch(graph: ModelGraph, runnable: Runnable, needs: Needs, codes: set[str], cap: int) -> int | None:
+def _enough_batch(graph: ModelGraph, runnable: Runnable, needs: Needs, probes: Sequence[Probe],
+                  cap: int) -> int | None:
     """The batch below the cap at which every op the passes read still has :data:`ELEMENTS` elements (at least
-    :data:`MIN_BATCH` samples), or None to keep the capped inputs: a probe outside :data:`_FROM_PASSES`, an
+    :data:`MIN_BATCH` samples), or None to keep the capped inputs: a probe that is not ``passes_only``, an
     exported graph (its shapes are fixed), inputs cut in their spatial dimensions, or an op read whose leading
     dimension is not the batch."""
-    if not codes or not codes <= _FROM_PASSES or runnable.capture is Capture.EXPORT:
+    if not probes or not all(p.passes_only for p in probes) or runnable.capture is Capture.EXPORT:
         return None
     names = set(needs.ops) | {t.op for t in needs.taps}
     inputs = [op for op in graph.of_kind(OpKind.INPUT) if op.shape]

@@ -36,25 +36,29 @@ class Probe:
     measure: Callable[[Context, Finding], Measurement]
     needs: Callable[[ModelGraph, Finding], Needs] = needs_nothing
     repair: Callable[..., tuple[Edit, ...]] | None = None  # (model copy, finding, graph) -> edits
+    # ``measure`` reads only the stage's passes (or a layer alone, on its own random input): the passes may then
+    # run on fewer samples than the example has (initlint.probe.ELEMENTS). False for a probe that runs
+    # experiments of its own on the example inputs, whose standard errors are its own.
+    passes_only: bool = False
 
 
 PROBES: Mapping[str, Probe] = MappingProxyType({
-    "IL101": Probe(variance.off_scale_measure, variance.off_scale_needs, variance.off_scale_repair),
-    "IL102": Probe(layers.depthwise_measure, layers.depthwise_needs, layers.depthwise_repair),
-    "IL103": Probe(layers.checkerboard_measure, needs_nothing, layers.checkerboard_repair),
-    "IL104": Probe(heads.head_measure, heads.head_needs, heads.head_repair),
+    "IL101": Probe(variance.off_scale_measure, variance.off_scale_needs, variance.off_scale_repair, passes_only=True),
+    "IL102": Probe(layers.depthwise_measure, layers.depthwise_needs, layers.depthwise_repair, passes_only=True),
+    "IL103": Probe(layers.checkerboard_measure, needs_nothing, layers.checkerboard_repair, passes_only=True),
+    "IL104": Probe(heads.head_measure, heads.head_needs, heads.head_repair, passes_only=True),
     "IL105": Probe(gradients.recurrent_measure, gradients.recurrent_needs, gradients.recurrent_repair),
-    "IL106": Probe(layers.symmetric_measure, needs_nothing, layers.symmetric_repair),
+    "IL106": Probe(layers.symmetric_measure, needs_nothing, layers.symmetric_repair, passes_only=True),
     "IL107": Probe(clones.clone_measure, clones.clone_needs, clones.clone_repair),
-    "IL201": Probe(variance.residual_measure, variance.residual_needs, variance.residual_repair),
-    "IL202": Probe(variance.branch_sum_measure, variance.branch_sum_needs, variance.branch_sum_repair),
-    "IL203": Probe(variance.concat_measure, variance.concat_needs, variance.concat_repair),
+    "IL201": Probe(variance.residual_measure, variance.residual_needs, variance.residual_repair, passes_only=True),
+    "IL202": Probe(variance.branch_sum_measure, variance.branch_sum_needs, variance.branch_sum_repair, passes_only=True),
+    "IL203": Probe(variance.concat_measure, variance.concat_needs, variance.concat_repair, passes_only=True),
     "IL204": Probe(gradients.post_ln_measure, needs_nothing, gradients.post_ln_repair),
     "IL205": Probe(attention.attention_measure, attention.attention_needs, attention.attention_repair),
-    "IL206": Probe(dropout.dropout_measure, dropout.dropout_needs, dropout.dropout_repair),
-    "IL301": Probe(precision.precision_measure, precision.precision_needs, precision.precision_repair),
-    "IL302": Probe(saturation.saturation_measure, saturation.saturation_needs, saturation.saturation_repair),
-    "IL303": Probe(variance.drift_measure, variance.drift_needs, variance.drift_repair),
+    "IL206": Probe(dropout.dropout_measure, dropout.dropout_needs, dropout.dropout_repair, passes_only=True),
+    "IL301": Probe(precision.precision_measure, precision.precision_needs, precision.precision_repair, passes_only=True),
+    "IL302": Probe(saturation.saturation_measure, saturation.saturation_needs, saturation.saturation_repair, passes_only=True),
+    "IL303": Probe(variance.drift_measure, variance.drift_needs, variance.drift_repair, passes_only=True),
 })
 
 

@@ -6,6 +6,7 @@ from torch import nn
 from initlint.capture import capture_program
 from initlint.load import from_instance
 from initlint.probe import ELEMENTS, MIN_BATCH, _enough_batch
+from initlint.probes import PROBES
 from initlint.probes.records import Needs
 from initlint.probes.runner import Runnable, capped
 
@@ -21,17 +22,17 @@ def test_wide_ops_are_read_on_fewer_samples_narrow_ones_on_all():
     graph, run = _setup(model, torch.randn(64, 1024))
     wide = [op.name for op in graph if op.shape and op.shape[-1] == 1024 and op.kind.value != "input"]
     narrow = [op.name for op in graph if op.shape == (64, 10)]
-    assert _enough_batch(graph, run, Needs.of(ops=wide), {"IL303"}, 32) == ELEMENTS // 1024
-    assert _enough_batch(graph, run, Needs.of(ops=wide + narrow), {"IL303"}, 32) is None
+    assert _enough_batch(graph, run, Needs.of(ops=wide), [PROBES["IL303"]], 32) == ELEMENTS // 1024
+    assert _enough_batch(graph, run, Needs.of(ops=wide + narrow), [PROBES["IL303"]], 32) is None
     # a probe with experiments of its own on the example inputs keeps them
-    assert _enough_batch(graph, run, Needs.of(ops=wide), {"IL303", "IL204"}, 32) is None
+    assert _enough_batch(graph, run, Needs.of(ops=wide), [PROBES["IL303"], PROBES["IL204"]], 32) is None
 
 
 def test_at_least_min_batch_samples():
     model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU())
     graph, run = _setup(model, torch.randn(32, 3, 32, 32))
     ops = [op.name for op in graph if op.kind.value == "conv"]
-    assert _enough_batch(graph, run, Needs.of(ops=ops), {"IL101"}, 32) == MIN_BATCH
+    assert _enough_batch(graph, run, Needs.of(ops=ops), [PROBES["IL101"]], 32) == MIN_BATCH
 
 
 class _ParamBranch(torch.nn.Module):
