@@ -23,7 +23,7 @@ the backward gain ``E[f'(x)^2]`` for ``x ~ N(mean, variance)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -168,7 +168,8 @@ def compress(nodes: torch.Tensor, weights: torch.Tensor, size: int = NODES) -> R
 @lru_cache(maxsize=8)
 def _standard_compressed(size: int, k: int | None) -> Rule:
     t, w = _standard()
-    return compress(*((t, w) if k is None else (lambda r: (r.nodes, r.weights))(max_of(Rule(t, w), t, k))), size)
+    rule = Rule(t, w) if k is None else max_of(Rule(t, w), t, k)
+    return compress(rule.nodes, rule.weights, size)
 
 
 def compressed_gaussian(mean: float, variance: float, size: int, k: int | None = None) -> Rule:
@@ -321,8 +322,13 @@ class Gain:
 
 
 def activation_gain(params: ActivationParams, x: Moments) -> Gain:
-    """Gains of an activation for ``x ~ N(x.mean, x.variance)``."""
-    return activation_gains((params,), x)[0]
+    """Gains of an activation for ``x ~ N(x.mean, x.variance)``: the nodes of :func:`gaussian` and every
+    expectation in one matrix-vector product (a torch call costs microseconds, about what the arithmetic on 400
+    nodes costs)."""
+    t, w = _standard()
+    y, d = activation_with_derivative(params, x.mean + math.sqrt(max(x.variance, 0.0)) * t, rounded=True)
+    e = torch.mv(torch.stack((y * y, y, d * d, d)), w).tolist()
+    return Gain(Moments(e[0], e[1]), e[2], e[3])
 
 
 @lru_cache(maxsize=2)
@@ -347,7 +353,7 @@ def _tanh_moments(variance: float, sigmoid: bool) -> list[float]:
 
 
 def gate_gains(variance: float) -> tuple[Gain, Gain]:
-    """The gains of a sigmoid and of a tanh of one ``x ~ N(0, variance)``, as :func:`activation_gains` gives
+    """The gains of a sigmoid and of a tanh of one ``x ~ N(0, variance)``, as :func:`activation_gain` gives
     them to rounding: both from ``tanh`` on the grid's positive half, ``sigmoid(x) = (1 + tanh(x/2)) / 2``
     with slope ``(1 - tanh(x/2)^2) / 4``, in seven torch calls. Recurrent cells take them at every step of
     the sequence, one step after another, where a torch call's fixed cost is what counts."""
@@ -362,20 +368,6 @@ def tanh_gain(variance: float) -> Gain:
     return Gain(Moments(e[0], 0.0), e[2], e[1])
 
 
-def activation_gains(params: Sequence[ActivationParams], x: Moments) -> tuple[Gain, ...]:
-    """Gains of several activations of one ``x ~ N(x.mean, x.variance)``: the nodes of :func:`gaussian` and
-    every expectation in one matrix-vector product (a recurrent cell's gates at each step; a torch call costs
-    microseconds, about what the arithmetic on 400 nodes costs)."""
-    t, w = _standard()
-    nodes = x.mean + math.sqrt(max(x.variance, 0.0)) * t
-    rows = []
-    for p in params:
-        y, d = activation_with_derivative(p, nodes, rounded=True)
-        rows += (y * y, y, d * d, d)
-    e = torch.mv(torch.stack(rows), w).tolist()
-    return tuple(Gain(Moments(e[i], e[i + 1]), e[i + 2], e[i + 3]) for i in range(0, len(e), 4))
-
-
 __all__ = ["Rule", "Gain", "gaussian", "gamma", "uniform", "bernoulli", "point", "mixture", "max_of", "matched",
-           "compress", "compressed_gaussian", "interpolate", "activation", "activation_gain", "activation_gains", "gate_gains",
+           "compress", "compressed_gaussian", "interpolate", "activation", "activation_gain", "gate_gains",
            "tanh_gain", "activation_with_derivative", "with_derivative"]

@@ -3,7 +3,7 @@
 Each step sees the input's contribution ``input_size * E[W_ih^2] * q`` plus the previous state scaled by the
 recurrent gain: ``rho^2`` for RNNs, with ``rho`` the spectral radius of ``W_hh`` (it is what sets growth over
 many steps), else ``hidden * E[W_hh^2]``. Gates are sigmoids of a Gaussian of the pre-activation variance,
-so their moments come from :func:`initlint.gains.activation_gains`. Backward runs the same recursion in
+so their moments come from :func:`initlint.gains.gate_gains`. Backward runs the same recursion in
 reverse through time. Biases are taken to be drawn like ``W_hh`` (PyTorch's default init); the statistics of
 ``W_ih`` of layers above the first are taken to be those of the first.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .estimate import Ctx, Est, Factor, Step
-from .gains import activation_gains, gate_gains, tanh_gain
+from .gains import activation_gain, gate_gains, tanh_gain
 from .graph import Moments
 from .ops import Activation, ActivationParams, Op, RecurrentMode, RecurrentParams
 
@@ -32,7 +32,7 @@ def _g(params: ActivationParams, variance: float):
         return _gates(variance)[0]
     if params.fn is Activation.TANH:
         return tanh_gain(max(variance, 0.0))
-    return activation_gains((params,), Moments(max(variance, 0.0)))[0]
+    return activation_gain(params, Moments(max(variance, 0.0)))
 
 
 def _gates(variance: float):

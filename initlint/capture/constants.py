@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import torch
 
+from .functions import DROPOUTS, RANDOMS
+
 FOLD_ELEMENTS = 1 << 22  # constants up to 16 MB of float32 are evaluated; larger ones stay estimated
 FOLD_RANGE = 1e3  # ... and stand for their values when every entry is within +-1000, which additive masks
 # (-1e4, -1e9, finfo.min, -inf) never are: the engine handles masks through the attention they feed
 
-# Functions and methods (canonical names) whose result is random: a constant's dropout is not a constant.
-RANDOM = frozenset({
-    "rand", "randn", "rand_like", "randn_like", "bernoulli", "normal", "uniform", "randint", "randint_like",
-    "randperm", "multinomial", "poisson", "dropout", "native_dropout", "feature_dropout", "alpha_dropout",
-    "feature_alpha_dropout", "dropout1d", "dropout2d", "dropout3d", "exponential", "geometric", "cauchy",
-    "log_normal", "random",
-})
+# Functions and methods (canonical names) whose result is random: a constant's dropout is not a constant. The
+# capture's random and dropout ops, and the samplers it has no op kind for.
+RANDOM = frozenset(RANDOMS + DROPOUTS + ("randperm", "multinomial", "poisson"))
 
 
 def folds(value: torch.Tensor) -> bool:

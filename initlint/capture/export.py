@@ -20,8 +20,8 @@ from torch import nn
 from ..inputs import ExampleInputs
 from ..ops import Capture, Location, Op, OpKind
 from ..sources import from_stack_trace
-from .constants import FOLD_ELEMENTS, folds
 from .assemble import OPAQUE, Assembler, shape_and_dtype
+from .constants import FOLD_ELEMENTS, folds
 from .normalize import Call, Ref, canonical, display_target, flatten_refs, function_name
 
 

@@ -333,8 +333,12 @@ def _cat(c: Call):
     return OpSpec(OpKind.CONCAT, tuple(tensors), ConcatParams(dim, sizes, stack))
 
 
-@_on("dropout", "native_dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout",
-     "dropout1d", "dropout2d", "dropout3d")
+DROPOUTS = ("dropout", "native_dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout",
+            "dropout1d", "dropout2d", "dropout3d")
+RANDOMS = ("rand", "randn", "rand_like", "randn_like", "bernoulli", "normal", "uniform", "randint", "randint_like")
+
+
+@_on(*DROPOUTS)
 def _dropout(c: Call):
     p = float(_num(c.arg(1, "p", 0.5)) or 0.0)
     training = c.arg(2, "train" if c.aten else "training", True)
@@ -431,7 +435,7 @@ def _where(c: Call):
     return OpSpec(OpKind.WHERE, tuple(refs))
 
 
-@_on("rand", "randn", "rand_like", "randn_like", "bernoulli", "normal", "uniform", "randint", "randint_like")
+@_on(*RANDOMS)
 def _random(c: Call):
     dist = {"randn": RandomDist.NORMAL, "randn_like": RandomDist.NORMAL, "normal": RandomDist.NORMAL,
             "bernoulli": RandomDist.BERNOULLI}.get(c.name, RandomDist.UNIFORM)
@@ -455,8 +459,8 @@ _PASSTHROUGH = (
     "upsample_bicubic2d", "upsample_trilinear3d", "pixel_shuffle", "pixel_unshuffle", "movedim", "moveaxis",
     "repeat_interleave", "view_as", "reshape_as", "as_strided", "index", "mT", "swapaxes", "swapdims",
     "unfold", "masked_select", "cpu", "cuda", "requires_grad_", "long", "int", "bool", "nan_to_num",
-    "dropout_", "flatten_dense_tensors", "copy", "lift", "lift_fresh_copy", "slice_scatter", "select_scatter", "tile",
-    "broadcast_to", "channel_shuffle", "cumsum_", "zero_",
+    "dropout_", "flatten_dense_tensors", "copy", "lift", "lift_fresh_copy", "slice_scatter", "select_scatter",
+    "tile", "broadcast_to", "channel_shuffle", "cumsum_", "zero_",
 )
 for _n in _PASSTHROUGH:
     FUNCTIONS[_n] = lambda c: OpSpec(OpKind.PASSTHROUGH, tuple(r for r in c.refs()[:1]))

@@ -26,8 +26,9 @@ class Program:
     """The runnable behind a :class:`~initlint.graph.ModelGraph`.
 
     ``fx``: the traced ``GraphModule`` (sharing the model's leaf modules), called with ``values``, the
-    placeholders' values; built from ``fx_graph`` on first use (a lint without measurements never runs it). ``export``: the ``ExportedProgram``; :meth:`module` gives a fresh runnable module
-    each call (parameters and buffers shared with the model). ``hooks``: nothing but the model itself.
+    placeholders' values; built from ``fx_graph`` on first use (a lint without measurements never runs it).
+    ``export``: the ``ExportedProgram``; :meth:`module` gives a fresh runnable module each call (parameters and
+    buffers shared with the model). ``hooks``: nothing but the model itself.
     ``prefix``: the module-path prefix an export wrapper added ("" when none).
     """
 

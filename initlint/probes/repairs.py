@@ -168,5 +168,5 @@ def replace(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(submodule(model, parent), leaf, new)
 
 
-__all__ = ["parameter", "twin", "writable", "own", "reinit_normal", "forget", "scale", "zero", "orthogonal", "eye", "submodule", "replace",
-           "REPAIR_SEED"]
+__all__ = ["parameter", "twin", "writable", "own", "reinit_normal", "forget", "scale", "zero", "orthogonal", "eye",
+           "submodule", "replace", "REPAIR_SEED"]
