@@ -116,3 +116,53 @@ def test_transformers_model_untouched():
     report = lint(model, inputs)
     assert report.targets[0].capture == "export"
     assert_same(before, snapshot(model))
+
+
+class Meddler(nn.Module):
+    """A forward that changes what preserved() restores, each in a different way: buffers written in place,
+    through ``.data`` (which leaves ``_version`` as it was) and rebound; a mode, ``requires_grad`` and ``.grad``
+    flipped; a shared submodule; and every generator drawn from."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.shared = nn.Linear(4, 4)
+        self.again = self.shared
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+        self.register_buffer("mask", torch.ones(4, dtype=torch.bool))
+        self.register_buffer("table", torch.arange(12.0).reshape(3, 4).t())  # not contiguous
+        self.register_buffer("low", torch.ones(4, dtype=torch.float16))
+
+    def forward(self, x):
+        import numpy as np
+
+        self.count += 1
+        self.mask.data.zero_()
+        self.table.data.mul_(2.0)
+        self.low = self.low * 3  # rebinds the attribute
+        self.shared.train(not self.shared.training)
+        self.fc.bias.requires_grad_(not self.fc.bias.requires_grad)
+        self.fc.weight.grad = torch.ones_like(self.fc.weight)
+        random.random()
+        np.random.standard_normal()  # the legacy Gaussian caches its second value: a state beyond the key
+        torch.rand(1)
+        return self.again(self.fc(x))
+
+
+def test_preserved_restores_what_a_forward_changes():
+    import numpy as np
+
+    from initlint.state import preserved
+
+    np.random.seed(3)
+    np.random.standard_normal()  # has a cached Gaussian now
+    model = Meddler()
+    model.fc.weight.grad = torch.zeros_like(model.fc.weight)
+    before, np_before = snapshot(model), np.random.get_state()
+    with preserved(model):
+        model(torch.randn(2, 4))
+        model(torch.randn(2, 4))
+    assert_same(before, snapshot(model))
+    np_after = np.random.get_state()
+    assert all(np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b for a, b in zip(np_before, np_after))
+    assert model.low.dtype == torch.float16 and not model.table.is_contiguous()
