@@ -74,6 +74,29 @@ class Tracer(torch.fx.Tracer):
         super().__init__(*args, **kwargs)
         self._frames: dict = {}  # code object -> what it is, for user_frame: one classification per trace
         self._instructions: dict = {}  # code object -> its instructions and their offsets, for _iter
+        # The modules whose functions torch.fx wraps at the start of every trace (``math``): wrapped here instead,
+        # by wrappers made once per process (see trace). ``_autowrap_function_ids`` keeps their functions, for
+        # the ``from math import sqrt`` that torch.fx still finds in the globals of the code it traces.
+        self._wrap_modules, self._autowrap_search = tuple(self._autowrap_search), []
+
+    def trace(self, root, concrete_args=None):
+        """torch.fx's trace, with ``math.sqrt`` and the other functions of the autowrapped modules swapped for
+        torch.fx's own wrappers (which record a call on proxies and call the function on anything else) for the
+        trace's duration. torch.fx makes a new wrapper for each of math's 60 functions at every trace, by
+        ``functools.wraps``: 0.5-1 ms per trace, a fixed cost of each lint; these are made once per process, and
+        marked as patched, so that torch.fx leaves them be."""
+        patched = []
+        try:
+            for module in self._wrap_modules:
+                table = vars(module)
+                for name, (fn, wrapper) in _wrappers(module, self._autowrap_function_ids).items():
+                    if table.get(name) is fn:
+                        table[name] = wrapper
+                        patched.append((table, name, fn))
+            return super().trace(root, concrete_args)
+        finally:
+            for table, name, fn in reversed(patched):
+                table[name] = fn
 
     def proxy(self, node: torch.fx.Node) -> torch.fx.Proxy:
         return _Proxy(node, self)
@@ -86,6 +109,31 @@ class Tracer(torch.fx.Tracer):
         if kind not in ("placeholder", "output"):
             proxy.node.meta[_LOC] = user_frame(2, self._frames)
         return proxy
+
+
+_WRAPPERS: dict[str, dict[str, tuple[Any, Any]]] = {}  # module name -> function name -> (function, its wrapper)
+
+
+def _wrappers(module: Any, ids: set[int]) -> dict[str, tuple[Any, Any]]:
+    """torch.fx's wrapper of each public function of ``module`` that ``ids`` lists, made on first use: what
+    ``torch.fx``'s autowrap puts in the module's namespace at each trace (a function already patched by a trace
+    in progress is left to torch.fx)."""
+    found = _WRAPPERS.get(module.__name__)
+    if found is None:
+        from torch.fx._symbolic_trace import _create_wrapped_func
+
+        found, complete = {}, True
+        for name, value in list(vars(module).items()):
+            if not name.startswith("_") and callable(value) and id(value) in ids:
+                if getattr(value, "__fx_already_patched", False):
+                    complete = False  # not the function itself: made again by the next trace
+                    continue
+                wrapper = _create_wrapped_func(value)
+                wrapper.__fx_already_patched = True  # as torch.fx marks its patches: not wrapped twice
+                found[name] = (value, wrapper)
+        if complete:
+            _WRAPPERS[module.__name__] = found
+    return found
 
 
 def trace(model: nn.Module, inputs: ExampleInputs) -> tuple[torch.fx.Graph, list[Any]]:
