@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .estimate import Ctx, Est, Factor, Step
-from .gains import activation_gain, gate_gains, tanh_gain
+from .gains import activation_gain, gate_gains, tanh_gain, tanh_moments
 from .graph import Moments
 from .ops import Activation, ActivationParams, Op, RecurrentMode, RecurrentParams
 
@@ -37,7 +37,7 @@ def _g(params: ActivationParams, variance: float):
 
 def _gates(variance: float):
     """A sigmoid gate's and a tanh's gains at one pre-activation variance, on one grid
-    (:func:`~initlint.gains.gate_gains`: seven torch calls for both, where each step waits for the last)."""
+    (:func:`~initlint.gains.gate_gains`: one loop over a lattice for both, where each step waits for the last)."""
     return gate_gains(max(variance, 0.0))
 
 
@@ -56,14 +56,18 @@ def _layer_forward(mode: RecurrentMode, x_in: float, x_unit: float, bias: float,
             trace.append((pre, g.backward))
             s_h, u_h = g.forward.second, g.slope**2 * steady
         elif mode is RecurrentMode.LSTM:  # c' = f c + i g, h = o tanh(c), gates alike in distribution
-            sg, th = _gates(pre)
-            u_g = th.slope**2 * steady
+            # gate_gains and tanh_gain's numbers, read off their moments without the records: a step's own
+            # arithmetic is what it costs here
+            e = tanh_moments(max(pre, 0.0), True)
+            sg2, sg_back, sg_slope = 0.25 * (1.0 + e[0]), e[4] / 16.0, e[2] / 4.0  # sigmoid; its mean is 1/2
+            th2, th_back, th_slope = e[1], e[5], e[3]
+            u_g = th_slope**2 * steady
             c_prev = c
-            c = sg.forward.second * (c + th.forward.second) + 2 * sg.forward.mean**2 * a * u_g
-            a = sg.forward.mean * (a + 1)
-            tc = _g(_TANH, c)
-            trace.append((sg, th, tc, c_prev))
-            s_h, u_h = sg.forward.second * tc.forward.second, (sg.forward.mean * tc.slope * a) ** 2 * u_g
+            c = sg2 * (c + th2) + 2 * 0.5**2 * a * u_g
+            a = 0.5 * (a + 1)
+            tc2, tc_slope, tc_back = tanh_moments(max(c, 0.0), False)
+            trace.append((sg2, sg_back, th2, th_back, tc2, tc_back, c_prev))
+            s_h, u_h = sg2 * tc2, (0.5 * tc_slope * a) ** 2 * u_g
         else:  # GRU: n = tanh(W_in x + r * (W_hn h)), h' = (1 - z) n + z h
             sg = _g(_SIGMOID, pre)
             n = _g(_TANH, x_in + bias + sg.forward.second * rec * s_h)
@@ -89,10 +93,9 @@ def _layer_backward(mode: RecurrentMode, grads: list[float], trace, rec: float, 
             carry_h = rec * dpre
             dx[t] = hidden * w_ih2 * dpre
         elif mode is RecurrentMode.LSTM:
-            sg, th, tc, c_prev = trace[t]
-            dc = dh * sg.forward.second * tc.backward + carry_c * sg.forward.second
-            gates = (dh * tc.forward.second * sg.backward + dc * th.forward.second * sg.backward
-                     + dc * c_prev * sg.backward + dc * sg.forward.second * th.backward)
+            sg2, sg_back, th2, th_back, tc2, tc_back, c_prev = trace[t]
+            dc = dh * sg2 * tc_back + carry_c * sg2
+            gates = dh * tc2 * sg_back + dc * th2 * sg_back + dc * c_prev * sg_back + dc * sg2 * th_back
             carry_c, carry_h = dc, rec * gates
             dx[t] = hidden * w_ih2 * gates
         else:

@@ -24,6 +24,7 @@ for an input of second moment ``q``, mean ``m`` and per-unit mean variance ``u``
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 
 import torch
@@ -54,19 +55,34 @@ _BITS = {torch.float64: (torch.int64, 63, 0x7FFFFFFFFFFFFFFF), torch.float32: (t
 
 def _sorted(flat: torch.Tensor) -> torch.Tensor:
     """``flat`` in ascending order, in its own dtype (a conversion to float64 after the sort gives the values a
-    conversion before it would: it keeps order). Floats are sorted by their bits as integers, flipped for
-    negative numbers so that the integers' order is the floats' (torch sorts integers by radix, 1.5-10x faster
-    than floats of the same width), unless there are NaNs or zeros, whose places and signs follow torch's own
-    float sort."""
+    conversion before it would: it keeps order).
+
+    By numpy where torch has loaded it (torch imports it when installed; initlint does not need it): its
+    vectorized sort takes a tenth of torch's on one thread (30 us against 350 for a 2x3x32x32 image), NaNs last
+    as in torch. Else floats are sorted by their bits as integers, flipped for negative numbers so that the
+    integers' order is the floats' (torch sorts integers by radix, 1.5-10x faster than floats of the same
+    width). With zeros, whose signs a sort may place either way, or NaNs on that path, torch's own float sort
+    decides."""
     if flat.dtype in _INTEGERS:
-        return flat.sort().values
+        np = _numpy()
+        return flat.sort().values if np is None else torch.from_numpy(np.sort(flat.numpy()))
     bits = _BITS.get(flat.dtype)
-    if bits is None or bool(torch.isnan(flat).any()) or bool((flat == 0).any()):
+    if bits is None or bool((flat == 0).any()):
+        return flat.sort().values
+    np = _numpy()
+    if np is not None:
+        return torch.from_numpy(np.sort(flat.numpy()))
+    if bool(torch.isnan(flat).any()):
         return flat.sort().values
     itype, shift, mask = bits
     b = flat.contiguous().view(itype)
     s = (b ^ ((b >> shift) & mask)).sort().values
     return (s ^ ((s >> shift) & mask)).view(flat.dtype)
+
+
+def _numpy():
+    """numpy, when torch has imported it (it does where numpy is installed), else None."""
+    return sys.modules.get("numpy")
 
 
 # -- sources -----------------------------------------------------------------------------------------------
