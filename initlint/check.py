@@ -23,11 +23,15 @@ class RuleFailure:
 def check(graph: ModelGraph, rules: Sequence[Rule]) -> tuple[list[Finding], list[RuleFailure]]:
     findings: list[Finding] = []
     failures: list[RuleFailure] = []
+    applicable: dict[frozenset, list[Op]] = {}  # the ops of each kind set, in graph order: rules share sets
     for r in rules:
         if r.applies_to is None:
             calls: Iterable[tuple[Op | None, tuple]] = [(None, (graph,))]
         else:
-            calls = ((op, (op, graph)) for op in graph if op.kind in r.applies_to)
+            ops = applicable.get(r.applies_to)
+            if ops is None:
+                ops = applicable[r.applies_to] = [op for op in graph if op.kind in r.applies_to]
+            calls = ((op, (op, graph)) for op in ops)
         for op, args in calls:
             try:
                 result = r.check(*args)

@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import networkx as nx
+import torch
 
 from .graph import ModelGraph
 from .ops import Activation, NormKind, Op, OpKind, Reduction
@@ -218,12 +218,22 @@ def branch_prenormalized(graph: ModelGraph, res: Residual, kinds: Iterable[NormK
     norms = {n for n in members if is_norm(graph, graph.op(n), kinds)}
     if not norms:
         return False
-    open_path = graph.dag.subgraph((members - norms) | _aliases(graph, res.skip.name))
-    return not any(
-        nx.has_path(open_path, s, res.branch.name)
-        for s in _aliases(graph, res.skip.name)
-        if res.branch.name in open_path
-    )
+    sources = _aliases(graph, res.skip.name)
+    region = (members - norms) | sources
+    target = res.branch.name
+    if target not in region:
+        return True
+    # A walk of the open region from the skip: networkx's has_path on a subgraph view filters every node.
+    seen, stack = set(sources), list(sources)
+    while stack:
+        name = stack.pop()
+        if name == target:
+            return False
+        for nxt in graph.dag.successors(name):
+            if nxt in region and nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return True
 
 
 # What may follow a projection shortcut's weight layer: ResNet's downsampling path is conv then BatchNorm.
@@ -298,28 +308,28 @@ def repeated_blocks(graph: ModelGraph) -> tuple[BlockGroup, ...]:
         for i, part in enumerate(parts):
             if part.isdigit() and i > 0:
                 members.setdefault((".".join(parts[:i]), int(part)), []).append(op)
-    by_signature: dict[tuple, list[Block]] = {}
+    by_signature: dict[tuple, list[tuple[str, int, list[Op]]]] = {}
     for (container, index), ops in members.items():
         path = f"{container}.{index}"
         sig = (container, tuple(_op_signature(o, path) for o in ops if o.kind is not OpKind.PASSTHROUGH))
-        by_signature.setdefault(sig, []).append(Block(path, index, tuple(ops)))
+        by_signature.setdefault(sig, []).append((path, index, ops))
     groups = [
-        BlockGroup(sig[0], tuple(sorted(blocks, key=lambda b: b.index)))
+        BlockGroup(sig[0], tuple(Block(path, index, tuple(ops)) for path, index, ops in sorted(blocks, key=_index)))
         for sig, blocks in by_signature.items()
         if len(blocks) >= 2
     ]
-    return tuple(sorted(groups, key=lambda g: (g.container.count("."), _first_position(graph, g))))
+    return tuple(sorted(groups, key=lambda g: (g.container.count("."), graph.position(g.blocks[0].ops[0]))))
+
+
+def _index(block: tuple[str, int, list[Op]]) -> int:
+    return block[1]
 
 
 def _op_signature(op: Op, block: str) -> tuple:
     w = op.weight
-    return (relative(op.module, block), op.kind.value, w.shape if w is not None else None,
-            relative(w.name, block) if w is not None else None)
-
-
-def _first_position(graph: ModelGraph, group: BlockGroup) -> int:
-    names = list(graph.ops)
-    return names.index(group.blocks[0].ops[0].name)
+    if w is None:
+        return relative(op.module, block), op.kind
+    return relative(op.module, block), op.kind, w.shape, relative(w.name, block)
 
 
 # -- weights -----------------------------------------------------------------------------------------------
@@ -346,7 +356,11 @@ def distribution(tensor) -> str | None:
     std = f.std(correction=0).item()
     if std == 0.0:
         return None
-    half_width = (f - f.mean()).abs().max().item()
+    # max |f - mean| in float32 without the centred copy: rounding is monotone and odd, so the largest rounded
+    # deviation is that of an extreme, bit for bit
+    m = f.mean()
+    lo, hi = torch.aminmax(f)
+    half_width = max((hi - m).item(), (m - lo).item())
     return "uniform" if half_width <= math.sqrt(3.0) * std * 1.1 else "normal"
 
 

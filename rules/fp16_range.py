@@ -158,15 +158,27 @@ def _range(graph: ModelGraph, op: Op) -> _Range | None:
         x = graph.signal(op.inputs[0]).forward
         over, small, zero, tiny, huge = _activation_fractions(op.params, x.mean, x.variance)
     else:
+        if std > _SPREAD * FP16_TINY and s.mean * s.mean + std * std < _SECOND:
+            return None  # neither overflow nor most values subnormal, by the bounds below: nothing to report
         over, huge = _beyond(s.mean, std, FP16_MAX), _beyond(s.mean, std, BF16_MAX)
         small, zero, tiny = (_within(s.mean, std, t) for t in (FP16_TINY, FP16_ZERO, BF16_TINY))
     return _Range(op, std, over, small, zero, huge < OVERFLOW and tiny < MOST)
 
 
+# A Gaussian tensor's range is only reported when one in a million values overflows or half are subnormal. Its
+# fraction beyond FP16_MAX is at most E[x^2] / FP16_MAX^2 (Markov), under OVERFLOW / 2 for a second moment under
+# _SECOND; its fraction within FP16_TINY of 0 at most 2 FP16_TINY / (std sqrt(2 pi)) (the density's peak), 0.1 for
+# a std over _SPREAD FP16_TINY, under MOST. Such a tensor (most of them) needs no erfc.
+_SECOND = 0.5 * OVERFLOW * FP16_MAX**2
+_SPREAD = 8.0
+
+
 def _activation_fractions(params: ActivationParams, mean: float, variance: float) -> tuple[float, ...]:
     """Fractions of ``|f(x)|`` over, below and far below float16's and bfloat16's range, ``x ~ N(mean, var)``."""
-    if params.fn in _CLIPPED and _clipped_in_range(params.fn, mean, variance):
-        return 0.0, 0.0, 0.0, 0.0, 0.0
+    if params.fn in _CLIPPED:
+        fractions = _clipped_fractions(params.fn, mean, variance)
+        if fractions is not None:
+            return fractions
     rule_ = gaussian(mean, variance)
     y = activation(params)(rule_.nodes).abs()
     # Most activations have every nonzero value well inside float16's range: then every fraction is exactly
@@ -179,30 +191,43 @@ def _activation_fractions(params: ActivationParams, mean: float, variance: float
 
 
 # ReLU and ReLU6: f(x) = min(x, cap) where x > 0, else 0. Their nonzero values on the Gaussian grid are its
-# positive nodes, capped: the smallest and the largest are read off the sorted nodes without evaluating f.
+# positive nodes, capped, in ascending order: each mask of :func:`_activation_fractions` is a run of them, found
+# by bisection without evaluating f.
 _CLIPPED = {Activation.RELU: math.inf, Activation.RELU6: 6.0}
 
 
 @lru_cache(maxsize=1)
-def _grid() -> list[float]:
-    """The standard grid of :func:`initlint.gains.gaussian` (its nodes at mean 0 and variance 1), ascending."""
-    return gaussian(0.0, 1.0).nodes.tolist()
+def _grid() -> tuple[list[float], list[float]]:
+    """The standard grid of :func:`initlint.gains.gaussian` (its nodes at mean 0 and variance 1), ascending, and
+    its weights."""
+    rule_ = gaussian(0.0, 1.0)
+    return rule_.nodes.tolist(), rule_.weights.tolist()
 
 
-def _clipped_in_range(fn: Activation, mean: float, variance: float) -> bool:
-    """Whether every nonzero ``|f(x)|`` on the grid ``gaussian(mean, variance)`` lies in float16's normal range,
-    for ReLU and ReLU6: what the min and max of :func:`_activation_fractions` tell, on the same node values
-    (``mean + std * t``, each one IEEE product and sum, as torch computes them) found by bisection."""
+def _clipped_fractions(fn: Activation, mean: float, variance: float) -> tuple[float, ...] | None:
+    """:func:`_activation_fractions` for ReLU and ReLU6 on the same node values (``mean + std * t``, each one IEEE
+    product and sum, as torch computes them): the masks are runs of the ascending nodes, found by bisection,
+    and each fraction the sum of a run's weights (the same terms the masked sum adds, to rounding). Linear in
+    the grid at most, with no torch call: a deep stack whose signal drifts out of float16's range takes it at
+    every ReLU. ``None`` for an infinite or NaN mean or variance (the torch path decides)."""
     std = math.sqrt(max(variance, 0.0))
     if not (math.isfinite(mean) and math.isfinite(std)):
-        return False  # inf and NaN: the reductions decide
-    t = _grid()
-    i = bisect.bisect_right(t, False, key=lambda v: mean + std * v > 0.0)  # the first node above 0: they ascend
-    if i == len(t):
-        return True  # every value is 0
+        return None
+    t, w = _grid()
     cap = _CLIPPED[fn]
-    low, high = min(mean + std * t[i], cap), min(mean + std * t[-1], cap)
-    return FP16_TINY <= low and high <= FP16_MAX
+    first = bisect.bisect_right(t, False, key=lambda v: mean + std * v > 0.0)  # the first node above 0
+    if first == len(t) or (FP16_TINY <= min(mean + std * t[first], cap) and min(mean + std * t[-1], cap) <= FP16_MAX):
+        return 0.0, 0.0, 0.0, 0.0, 0.0  # every value 0, or every nonzero one in float16's normal range
+
+    def below(c: float) -> float:  # the weight of 0 < f(x) < c
+        end = bisect.bisect_right(t, False, key=lambda v: min(mean + std * v, cap) >= c)
+        return sum(w[first:end], 0.0)
+
+    def above(c: float) -> float:  # the weight of f(x) > c (> 0)
+        start = bisect.bisect_right(t, False, key=lambda v: min(mean + std * v, cap) > c)
+        return sum(w[max(start, first):], 0.0)
+
+    return above(FP16_MAX), below(FP16_TINY), below(FP16_ZERO), below(BF16_TINY), above(BF16_MAX)
 
 
 def _beyond(mean: float, std: float, t: float) -> float:

@@ -30,6 +30,9 @@ _BOUNDED = frozenset({Activation.TANH, Activation.SIGMOID, Activation.HARDTANH, 
 _TO_GATE = frozenset({OpKind.SCALE, OpKind.PASSTHROUGH, OpKind.MATH})
 _ELEMENTWISE = frozenset({OpKind.SCALE, OpKind.MATH, OpKind.ADD, OpKind.SUB, OpKind.MUL, OpKind.ACTIVATION})
 _LAYER_TAIL = frozenset({OpKind.PASSTHROUGH, OpKind.DROPOUT})
+# Inputs whose second moment is under this fraction of the unsaturated radius squared have under WARN_FRACTION
+# of the grid's weight beyond the radius (Markov's bound, with room for the grid's rounding).
+_CALM = 0.4
 
 
 @rule("IL302", "saturated-activation", applies_to={OpKind.ACTIVATION}, severity=Severity.WARNING,
@@ -86,16 +89,22 @@ def saturated_activation(op: Op, graph: ModelGraph) -> Issue | None:
     - Schoenholz et al. 2017, "Deep Information Propagation" (the tanh fixed point and the edge of chaos)
     """
     p = op.params
-    if not isinstance(p, ActivationParams) or p.fn not in _BOUNDED or not op.inputs or _self_gated(graph, op):
+    if not isinstance(p, ActivationParams) or p.fn not in _BOUNDED or not op.inputs:
         return None
     x = graph.signal(op.inputs[0])
     if x is None or not math.isfinite(x.forward.second):
         return None
     mean, std = x.forward.mean, math.sqrt(x.forward.variance)
-    rule_ = gaussian(mean, std * std)
     # No unit inside the radius is saturated: when the nodes beyond it weigh under half, so do the saturated
-    # ones (a subset of them), and the activation's shape and slopes need not be computed.
+    # ones (a subset of them), and the activation's shape and slopes need not be computed. The grid's weight
+    # beyond the radius is at most its second moment over the radius squared (Markov; the grid's second moment
+    # is mean^2 + std^2 to 1e-13): under 0.4 of it, half is out of reach without building the grid.
     radius = _unsaturated_radius(p)
+    if radius > 0 and mean * mean + std * std < _CALM * radius * radius:
+        return None
+    if _self_gated(graph, op):
+        return None
+    rule_ = gaussian(mean, std * std)
     if radius > 0 and rule_.expect((rule_.nodes.abs() >= radius).to(DTYPE)) < WARN_FRACTION - 1e-9:
         return None
     peak, knee = _shape(p)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from initlint.fans import conv_fans
 from initlint.findings import Fix, Issue, Severity
@@ -152,8 +153,7 @@ def signal_drift(graph: ModelGraph) -> Issue | None:
     )
 
 
-@dataclass(frozen=True)
-class _Step:
+class _Step(NamedTuple):
     op: Op  # a weight layer, or an activation with none before it
     forward: float  # what it multiplies the forward second moment by (its activation included)
     backward: float  # what it multiplies the gradient's energy (second moment x elements) by, output to input
@@ -165,14 +165,15 @@ class _Step:
         return f"`{_name(self.op)}`" + (f" with its {act.params.fn.value}" if act is not None else "")
 
 
-@dataclass(frozen=True)
-class _Chain:
+class _Chain(NamedTuple):
     """The steps of a stretch so far, newest first, as a linked list shared by every stretch that continues it
     (the signal paths of a graph form a forest), with the running products, log sums and log extremes that
-    :class:`_Drift` reads, each accumulated oldest first as ``math.prod`` and ``sum`` over the steps would."""
+    :class:`_Drift` reads, each accumulated oldest first as ``math.prod`` and ``sum`` over the steps would.
+    Tuples, as :class:`_Step` and :class:`_State` are: a walk builds one per op, and a frozen dataclass costs
+    several times a tuple to build."""
 
     step: _Step
-    rest: _Chain | None
+    rest: "_Chain | None"
     forward: float  # product of the steps' forward factors
     backward: float
     layers: int  # steps on a weight layer
@@ -248,8 +249,7 @@ def _ends(graph: ModelGraph):
                 yield op, graph.op(name)
 
 
-@dataclass(frozen=True)
-class _State:
+class _State(NamedTuple):
     """The walk along a signal path up to an op: the steps counted, and how the walk stands."""
 
     chain: _Chain | None = None

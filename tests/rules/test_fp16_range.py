@@ -173,31 +173,53 @@ def test_a_tiny_constant_is_reported_by_its_magnitude_not_divided_by_its_zero_st
     assert f.predicted["std"] == pytest.approx(1e-6) and f.predicted["subnormal_fraction"] == 1.0
 
 
-def test_relu_range_read_off_the_sorted_nodes_agrees_with_the_reductions():
-    """IL301 tells a ReLU's or ReLU6's values inside float16's normal range from the grid's sorted nodes; it
-    must say so exactly where the reductions over ``f(nodes)`` do (inf and NaN are left to them)."""
+def test_relu_fractions_read_off_the_sorted_nodes_agree_with_the_reductions():
+    """IL301 reads a ReLU's or ReLU6's fractions out of float16's range off the grid's sorted nodes, as runs of
+    them; they must be the masked sums over ``f(nodes)`` to rounding, zeros exactly where those are (inf and NaN
+    are left to the reductions)."""
     import importlib
     import math
 
     import torch
 
-    from initlint.gains import activation, gaussian
+    from initlint.gains import DTYPE, activation, gaussian
     from initlint.ops import Activation, ActivationParams
 
     m = importlib.import_module("initlint.rules.fp16_range")
     gen = torch.Generator().manual_seed(0)
     cases = [(0.0, 1.0), (0.0, 0.0), (-1.0, 0.0), (3.0, 0.0), (-5.0, 1e-6), (1e-5, 1e-12), (7.0, 1.0), (0.0, 1e-10),
-             (1e5, 1.0), (-1e5, 1e12), (2.0**-15, 0.0), (math.inf, 1.0), (math.nan, 1.0), (0.0, math.inf)]
+             (1e5, 1.0), (-1e5, 1e12), (2.0**-15, 0.0), (math.inf, 1.0), (math.nan, 1.0), (0.0, math.inf),
+             (0.0, 1e-9), (1e-6, 1e-10), (0.0, 1e10), (4e4, 1e9), (1e-30, 1e-60), (0.0, 1e-300), (1e38, 1e76)]
     cases += [(float(a) * 10.0 ** float(b), 10.0 ** float(c)) for a, b, c in
               zip(torch.randn(300, generator=gen), torch.randint(-6, 6, (300,), generator=gen),
                   torch.randint(-14, 12, (300,), generator=gen))]
     for fn in (Activation.RELU, Activation.RELU6):
         for mean, variance in cases:
-            y = activation(ActivationParams(fn))(gaussian(mean, variance).nodes).abs()
-            lo, hi = torch.where(y > 0, y, math.inf).min(), y.max()
-            expected = m.FP16_TINY <= lo.item() and hi.item() <= m.FP16_MAX
-            fast = m._clipped_in_range(fn, mean, variance)
+            rule_ = gaussian(mean, variance)
+            y = activation(ActivationParams(fn))(rule_.nodes).abs()
+            masks = torch.stack([y > m.FP16_MAX, y < m.FP16_TINY, y < m.FP16_ZERO, y < m.BF16_TINY,
+                                 y > m.BF16_MAX]) & (y > 0)
+            expected = (masks.to(DTYPE) * rule_.weights).sum(-1).tolist()
+            fast = m._clipped_fractions(fn, mean, variance)
             if math.isfinite(mean) and math.isfinite(variance):
-                assert fast == expected, (fn, mean, variance)
+                assert fast is not None, (fn, mean, variance)
+                for a, b in zip(fast, expected):
+                    assert (a == 0.0) == (b == 0.0) and math.isclose(a, b, rel_tol=1e-12), (fn, mean, variance)
             else:  # left to the reductions
-                assert not fast, (fn, mean, variance)
+                assert fast is None, (fn, mean, variance)
+
+
+def test_plainly_in_range_bounds_hold():
+    """The tensors IL301 skips without erfc (second moment under _SECOND, std over _SPREAD FP16_TINY) are those
+    whose overflow fraction is under OVERFLOW and subnormal fraction under MOST, as computed."""
+    import importlib
+    import math
+
+    m = importlib.import_module("initlint.rules.fp16_range")
+    for std in (m._SPREAD * m.FP16_TINY * 1.0001, 1e-3, 1.0, 40.0, math.sqrt(m._SECOND) * 0.9999):
+        for frac in (0.0, 0.3, 0.7, 0.999):
+            mean = math.sqrt(max(m._SECOND - std * std, 0.0)) * frac
+            if mean * mean + std * std >= m._SECOND:
+                continue
+            assert m._beyond(mean, std, m.FP16_MAX) < m.OVERFLOW, (mean, std)
+            assert m._within(mean, std, m.FP16_TINY) < m.MOST, (mean, std)

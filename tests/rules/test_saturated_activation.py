@@ -204,3 +204,24 @@ def test_the_saturated_fraction_never_exceeds_the_weight_beyond_the_radius():
             rule_ = gaussian(3 * mean, math.exp(2 * log_std) ** 2)
             fraction = rule_.expect(_saturated(rule_module, p, rule_.nodes, peak).to(DTYPE))
             assert fraction <= rule_.expect((rule_.nodes.abs() >= r).to(DTYPE)) + 1e-12, (p, mean, log_std)
+
+
+def test_calm_inputs_have_under_half_the_grid_beyond_the_radius():
+    """IL302 skips an input whose second moment is under _CALM of the unsaturated radius squared without building
+    the grid: the grid's weight beyond the radius must then be under the threshold, as the rule computes it."""
+    import importlib
+    import math
+
+    import torch
+
+    from initlint.gains import DTYPE, gaussian
+
+    m = importlib.import_module("initlint.rules.saturated_activation")
+    gen = torch.Generator().manual_seed(0)
+    for radius in (1.0, 1.8, 3.6, 6.0):
+        for frac, share in zip(torch.rand(300, generator=gen).tolist(), torch.rand(300, generator=gen).tolist()):
+            second = frac * m._CALM * radius * radius * 0.999999
+            mean = math.sqrt(second * share) * (1 if frac > 0.5 else -1)
+            std = math.sqrt(max(second - mean * mean, 0.0))
+            rule_ = gaussian(mean, std * std)
+            assert rule_.expect((rule_.nodes.abs() >= radius).to(DTYPE)) < m.WARN_FRACTION - 1e-9
