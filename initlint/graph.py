@@ -22,9 +22,10 @@ from types import MappingProxyType
 
 import networkx as nx
 
-from .ops import Capture, Op, OpKind
+from .ops import Capture, Op, OpKind, quick_init
 
 
+@quick_init
 @dataclass(frozen=True)
 class Moments:
     """Elementwise statistics of a tensor: mean and second moment ``E[x^2]`` (variance = second - mean^2)."""
@@ -37,6 +38,7 @@ class Moments:
         return max(self.second - self.mean**2, 0.0)
 
 
+@quick_init
 @dataclass(frozen=True)
 class Signal:
     """What the variance engine predicts (or measures) at one op's output.

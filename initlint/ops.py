@@ -11,12 +11,42 @@ capture produced the op (``torch.fx``, ``torch.export`` or module hooks) never s
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from dataclasses import dataclass, field
 from typing import Union
 
 import torch
+
+
+def quick_init(cls: type) -> type:
+    """A frozen dataclass whose ``__init__`` writes the new instance's ``__dict__`` directly, where the one
+    ``dataclass`` generates calls ``object.__setattr__`` once per field (7 us for an :class:`Op`'s 14 fields,
+    1.5 us this way). Same signature, defaults, instance and frozenness; for classes whose fields all take
+    plain defaults or none (no ``default_factory``, ``InitVar``, ``kw_only`` or ``__post_init__``), which
+    is checked here. Applied to the records a lint makes by the hundred."""
+    if not dataclasses.is_dataclass(cls) or hasattr(cls, "__post_init__") or "__slots__" in vars(cls):
+        raise TypeError(f"quick_init: {cls.__name__} is not a plain dataclass")
+    names, params, defaults = [], [], {}
+    for f in dataclasses.fields(cls):
+        if not f.init or f.kw_only or f.default_factory is not dataclasses.MISSING:
+            raise TypeError(f"quick_init: {cls.__name__}.{f.name} needs the generated __init__")
+        names.append(f.name)
+        if f.default is dataclasses.MISSING:
+            params.append(f.name)
+        else:
+            defaults[f"_default_{f.name}"] = f.default
+            params.append(f"{f.name}=_default_{f.name}")
+    body = "".join(f"    d[{n!r}] = {n}\n" for n in names) or "    pass\n"
+    source = f"def __init__(self, {', '.join(params)}):\n    d = self.__dict__\n{body}"
+    namespace: dict = {}
+    exec(source, defaults, namespace)  # noqa: S102 - the source is built from the field names above
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__module__ = cls.__module__
+    cls.__init__ = init
+    return cls
 
 
 class OpKind(enum.Enum):
@@ -162,6 +192,7 @@ class RandomDist(enum.Enum):
 # -- per-kind parameters -----------------------------------------------------------------------------------
 
 
+@quick_init
 @dataclass(frozen=True)
 class LinearParams:
     in_features: int
@@ -169,6 +200,7 @@ class LinearParams:
     bias: bool = True
 
 
+@quick_init
 @dataclass(frozen=True)
 class ConvParams:
     in_channels: int
@@ -196,6 +228,7 @@ class ConvParams:
         return self.groups > 1 and self.groups == self.in_channels
 
 
+@quick_init
 @dataclass(frozen=True)
 class EmbeddingParams:
     num_embeddings: int
@@ -203,6 +236,7 @@ class EmbeddingParams:
     padding_idx: int | None = None
 
 
+@quick_init
 @dataclass(frozen=True)
 class NormParams:
     kind: NormKind
@@ -216,6 +250,7 @@ class NormParams:
     uses_batch_stats: bool = True  # BatchNorm in training mode (or without running stats)
 
 
+@quick_init
 @dataclass(frozen=True)
 class ActivationParams:
     fn: Activation
@@ -228,6 +263,7 @@ class ActivationParams:
     max_val: float | None = None
 
 
+@quick_init
 @dataclass(frozen=True)
 class ScaleParams:
     """``y = x * factor + shift``; ``factor`` is the root mean square of a parameter when ``param`` is set."""
@@ -238,6 +274,7 @@ class ScaleParams:
     learned: bool = False  # the factor is a trainable parameter (LayerScale, ReZero alpha)
 
 
+@quick_init
 @dataclass(frozen=True)
 class MathParams:
     fn: MathFn
@@ -246,24 +283,28 @@ class MathParams:
     max_val: float | None = None
 
 
+@quick_init
 @dataclass(frozen=True)
 class CompareParams:
     op: str  # "gt", "lt", "ge", "le", "eq", "ne"
     threshold: float | None = None  # the scalar compared with, when it is one
 
 
+@quick_init
 @dataclass(frozen=True)
 class RandomParams:
     dist: RandomDist
     p: float | None = None  # BERNOULLI probability of a one
 
 
+@quick_init
 @dataclass(frozen=True)
 class SoftmaxParams:
     dim: int = -1
     log: bool = False
 
 
+@quick_init
 @dataclass(frozen=True)
 class AttentionParams:
     """``softmax(q k^T * scale) v``; ``scale is None`` means PyTorch's default ``1/sqrt(head_dim)``."""
@@ -282,12 +323,14 @@ class AttentionParams:
         return None if not self.head_dim else 1.0 / math.sqrt(self.head_dim)
 
 
+@quick_init
 @dataclass(frozen=True)
 class MatmulParams:
     contracted: int | None = None  # size of the summed dimension
     transposed_rhs: bool = False  # rhs comes from a transpose: q @ k^T
 
 
+@quick_init
 @dataclass(frozen=True)
 class ConcatParams:
     dim: int
@@ -295,6 +338,7 @@ class ConcatParams:
     stack: bool = False
 
 
+@quick_init
 @dataclass(frozen=True)
 class DropoutParams:
     p: float
@@ -302,6 +346,7 @@ class DropoutParams:
     active: bool = True  # training mode (the module's or F.dropout's `training`)
 
 
+@quick_init
 @dataclass(frozen=True)
 class PoolParams:
     kind: PoolKind
@@ -310,6 +355,7 @@ class PoolParams:
     output_size: tuple[int, ...] = ()
 
 
+@quick_init
 @dataclass(frozen=True)
 class ReduceParams:
     kind: Reduction
@@ -317,6 +363,7 @@ class ReduceParams:
     count: int | None = None  # elements reduced into each output
 
 
+@quick_init
 @dataclass(frozen=True)
 class RecurrentParams:
     mode: RecurrentMode
@@ -355,6 +402,7 @@ OpParams = Union[
 # -- records -----------------------------------------------------------------------------------------------
 
 
+@quick_init
 @dataclass(frozen=True)
 class Location:
     """A line of the user's source code."""
@@ -367,6 +415,7 @@ class Location:
         return f"{self.file}:{self.line}"
 
 
+@quick_init
 @dataclass(frozen=True)
 class WeightStats:
     """Statistics of one weight tensor, with the fans that describe how it is really used.
@@ -422,7 +471,7 @@ class WeightStats:
             # extremes read the tensor itself (widening is exact), and the float64 copy is centred in place when
             # it is a copy: one large allocation, not two (1.9 -> 0.9 ms on a 1000 x 1000 weight).
             n = t.numel()
-            if t.device.type == "cpu" and t.is_floating_point():  # four reads cost less than a stack
+            if t.is_cpu and t.is_floating_point():  # four reads cost less than a stack
                 lo, hi = torch.aminmax(t)
                 low, high = lo.item(), hi.item()
                 if low == high and low.is_integer() and abs(low) * n < 2.0**53:
@@ -431,9 +480,11 @@ class WeightStats:
                     mean, sq = low + 0.0, 0.0
                 else:
                     f = t.reshape(-1).double()
-                    m = f.mean()
-                    c = f.sub_(m) if f.data_ptr() != t.data_ptr() else f - m
-                    mean, sq = m.item(), torch.dot(c, c).item()
+                    # torch's mean on the CPU is this sum divided by n (ATen's mean_out: sum, then div_), so the
+                    # same number, for one op less; the copy is centred by that number as a scalar
+                    mean = f.sum().item() / n
+                    c = f.sub_(mean) if f.data_ptr() != t.data_ptr() else f - mean
+                    sq = torch.dot(c, c).item()
             else:  # elsewhere, one sync
                 f = t.reshape(-1).double()
                 lo, hi = torch.aminmax(t if t.is_floating_point() else f)
@@ -453,6 +504,7 @@ class WeightStats:
                    trainable, ref)
 
 
+@quick_init
 @dataclass(frozen=True)
 class Op:
     """One node of a captured model, in initlint's vocabulary."""

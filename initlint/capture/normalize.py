@@ -28,9 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..ops import ConvParams, Op, OpKind, OpParams, WeightStats
+from ..ops import ConvParams, Op, OpKind, OpParams, WeightStats, quick_init
 
 
+@quick_init
 @dataclass(frozen=True)
 class Ref:
     """A tensor operand: the op that produced it."""
@@ -84,6 +85,7 @@ class Call:
         return out
 
 
+@quick_init
 @dataclass(frozen=True)
 class OpSpec:
     kind: OpKind
