@@ -69,6 +69,12 @@ class _Attribute(torch.fx.proxy.Attribute):
         return _Attribute(self, k)
 
 
+# Arguments torch.fx's create_arg passes through as they are (its ``base_types`` but tensors, which it looks up
+# among the buffers, and symbolic numbers)
+_ATOMS = frozenset({str, int, float, bool, complex, type(None), type(...), torch.dtype, torch.device,
+                    torch.memory_format, torch.layout})
+
+
 class Tracer(torch.fx.Tracer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -103,6 +109,22 @@ class Tracer(torch.fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return is_known_leaf(m)
+
+    def create_arg(self, a: Any) -> Any:
+        """torch.fx's, answered first for what most arguments are: one of this tracer's proxies (its node), a
+        plain number, string, dtype or None (itself), or a plain tuple or list of those. torch.fx's own answer is
+        the same, after a dozen checks each (whether it is a parameter, a buffer, a module, a named tuple, a
+        constant to stow...) whose ``isinstance(a, nn.Parameter)`` runs Python code: 4% of a trace."""
+        kind = type(a)
+        if kind is _Proxy or kind is _Attribute:
+            return a.node
+        if kind in _ATOMS:
+            return a
+        if kind is tuple:
+            return tuple([self.create_arg(x) for x in a])
+        if kind is list:
+            return [self.create_arg(x) for x in a]
+        return super().create_arg(a)
 
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, *rest, **kw):
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, *rest, **kw)
@@ -214,13 +236,17 @@ def propagate_shapes(root: nn.Module, graph: torch.fx.Graph, values: list[Any]) 
                     self_obj, *tail = args
                     result = getattr(self_obj, node.target)(*tail, **kwargs)
                 elif op == "call_module":
-                    result = _fetch(root, node.target)(*args, **kwargs)
+                    result = _submodule(root, node.target)(*args, **kwargs)
                 elif op == "get_attr":
                     result = _fetch(root, node.target, node)
                 else:  # pragma: no cover - fx has no other node kinds
                     raise RuntimeError(f"unknown fx node kind {op!r}")
             env[node] = result
-            node.meta[_SHAPE] = shape_and_dtype(result) if _has_tensor(result) else (None, None)
+            if type(result) is torch.Tensor:  # most results: sizes are ints, the dtype's name is known
+                node.meta[_SHAPE] = (tuple(result.shape), _DTYPE_NAMES.get(result.dtype)
+                                     or shape_and_dtype(result)[1])
+            else:
+                node.meta[_SHAPE] = shape_and_dtype(result) if _has_tensor(result) else (None, None)
             if op in ("call_function", "call_method") and _static(node, result, static):
                 static.add(node)
                 node.meta[_LITERAL] = result
@@ -355,6 +381,21 @@ def _method_name(target: str) -> str:
     from .normalize import canonical
 
     return canonical(target)
+
+
+_DTYPE_NAMES = {d: str(d).removeprefix("torch.") for d in (torch.float32, torch.float64, torch.float16,
+                                                            torch.bfloat16, torch.int64, torch.int32, torch.bool)}
+
+
+def _submodule(root: nn.Module, target: str) -> Any:
+    """The module a ``call_module`` node names, by the submodule tables (what torch.fx's path names): a walk by
+    ``getattr`` calls nn.Module's Python ``__getattr__`` twice a step. Anything else, by :func:`_fetch`."""
+    module = root
+    for part in target.split("."):
+        module = vars(module).get("_modules", {}).get(part)
+        if module is None:
+            return _fetch(root, target)
+    return module
 
 
 def _fetch(root: nn.Module, target: str, node: torch.fx.Node | None = None):
