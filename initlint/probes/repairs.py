@@ -17,8 +17,10 @@ True
 from __future__ import annotations
 
 import copy
+import copyreg
 import weakref
 import zlib
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -48,7 +50,7 @@ def twin(model: nn.Module) -> nn.Module:
     repair writes them through :func:`writable` or :func:`own`. Nothing that writes a parameter in place by
     another path may be given one (a third-party repair gets a full ``copy.deepcopy``)."""
     params = [p for m in model.modules() for p in m._parameters.values() if p is not None]
-    copied = copy.deepcopy(model, {id(p): p for p in params})
+    copied = _deepcopy(model, {id(p): p for p in params})
     held: dict[int, list] = {id(p): [] for p in params}
     for m in copied.modules():
         for k, v in m._parameters.items():
@@ -56,6 +58,70 @@ def twin(model: nn.Module) -> nn.Module:
                 held[id(v)].append((m, k))
     _SHARED[copied] = held
     return copied
+
+
+_NIL = object()
+_PLAIN: dict[type, bool] = {}
+_ATOMIC = frozenset(cls for cls, f in copy._deepcopy_dispatch.items() if f is copy._deepcopy_atomic)
+
+
+def _plain(cls: type) -> bool:
+    """Whether ``copy.deepcopy`` copies instances of the module class ``cls`` by the default protocol: a new
+    ``cls.__new__(cls)`` given the deep copy of ``__getstate__()`` through ``__setstate__``."""
+    if cls not in _PLAIN:
+        _PLAIN[cls] = (getattr(cls, "__deepcopy__", None) is None and cls.__reduce_ex__ is object.__reduce_ex__
+                       and cls.__reduce__ is object.__reduce__ and cls not in copyreg.dispatch_table
+                       and not hasattr(cls, "__getnewargs_ex__") and not hasattr(cls, "__getnewargs__")
+                       and not issubclass(cls, (list, dict)) and hasattr(cls, "__setstate__"))
+    return _PLAIN[cls]
+
+
+def _deepcopy(x, memo: dict):
+    """``copy.deepcopy(x, memo)``, the same copy, with the general machinery (a ``__reduce_ex__`` and a
+    reconstruction per object) skipped for what a model's state is mostly made of: its modules, their attribute
+    dicts, the empty hook dicts in them, lists, sets of names and atomic values. Anything else (tensors, tuples,
+    other objects, a module class with a copy protocol of its own) goes to ``copy.deepcopy`` with the same memo.
+    The twin of a small model is made in a third of the time."""
+    y = memo.get(id(x), _NIL)
+    if y is not _NIL:
+        return y
+    cls = type(x)
+    if cls in _ATOMIC:
+        return x
+    if cls is dict or cls is OrderedDict:
+        y = cls()
+        memo[id(x)] = y
+        if x:
+            _copy_items(x, y, memo)
+        return y
+    if cls is list:
+        y = []
+        memo[id(x)] = y
+        for v in x:
+            y.append(v if type(v) in _ATOMIC else _deepcopy(v, memo))
+        return y
+    if cls is set and all(type(v) in _ATOMIC for v in x):  # a module's set of non-persistent buffer names
+        y = set(x)
+        memo[id(x)] = y
+        return y
+    if isinstance(x, nn.Module) and _plain(cls) and "__deepcopy__" not in x.__dict__:
+        state = x.__getstate__()
+        if type(state) is dict:
+            y = cls.__new__(cls)
+            memo[id(x)] = y
+            copied: dict = {}
+            _copy_items(state, copied, memo)
+            y.__setstate__(copied)
+            return y
+    return copy.deepcopy(x, memo)
+
+
+def _copy_items(x: dict, y: dict, memo: dict) -> None:
+    atomic = _ATOMIC
+    for k, v in x.items():
+        if type(k) not in atomic:
+            k = _deepcopy(k, memo)
+        y[k] = v if type(v) in atomic else _deepcopy(v, memo)
 
 
 def _unshare(model: nn.Module, p: torch.Tensor, new: torch.Tensor | None = None) -> torch.Tensor:

@@ -36,21 +36,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import networkx as nx
 import torch
 from torch import nn
 from torch.export.graph_signature import InputKind, OutputKind
 from torch.fx import _pytree as fx_pytree
+from torch.fx import traceback as fx_traceback
 from torch.fx.graph_module import _copy_attr
+from torch.fx.node import map_arg
 from torch.utils import _pytree as pytree
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode, _pop_mode_temporarily
 
 from ..capture.fx import CONSTANT
 from ..capture.program import Program
 from ..graph import ModelGraph
 from ..inputs import ExampleInputs
 from ..measure import (
-    Recorder, Slot, device_of, first_tensor, gradient_leaves, prepare_input, quiet, seed_device,
-    surrogate_loss, unlifted,
+    LOSS_SEED, Recorder, Slot, device_of, first_tensor, gradient_leaves, loss_targets, prepare_input, quiet,
+    seed_device, surrogate_loss, unlifted,
 )
 from ..ops import Capture, OpKind
 from ..state import preserved
@@ -162,15 +165,23 @@ class Runnable:
         return self.program.cache.get("probe-interpreted", 0) < COMPILE_AFTER
 
     def interpreter(self, module: torch.fx.GraphModule) -> tuple["_Interpreted", "_Slot"]:
-        """An interpreter of ``module`` (this runnable's graph over its model), with this runnable's slot."""
+        """An interpreter of ``module`` (this runnable's graph over its model), with this runnable's slot. Made
+        once per module and kept (a pass on a device copy brings a new module): setting one up walks the graph
+        for its values' last uses and lists the submodules, a tenth of a small model's step."""
+        self.program.cache["probe-interpreted"] = self.program.cache.get("probe-interpreted", 0) + 1
+        slot = self.cache.setdefault("slot", _Slot())
+        kept = self.cache.get("interpreter")
+        if kept is not None and kept.module is module:
+            return kept, slot
         key = ("probe-slots", tuple(self.graph.ops))
         if key not in self.program.cache:
             signature = self.program.exported.graph_signature if self.lifted else None
             self.program.cache[key] = {n: i for n, (_, i) in
                                        _slot_targets(self.module.graph, self.graph, self.prefix, signature).items()}
-        self.program.cache["probe-interpreted"] = self.program.cache.get("probe-interpreted", 0) + 1
-        slot = self.cache.setdefault("slot", _Slot())
-        return _Interpreted(module, self.program.cache[key], slot), slot
+        interpreted = _Interpreted(module, self.program.cache[key], slot)
+        if module is self.plain():  # not a copy moved to the device for this pass alone
+            self.cache["interpreter"] = interpreted
+        return interpreted, slot
 
     def plain(self) -> torch.fx.GraphModule:
         """The graph as captured over this runnable's model, uninstrumented and unedited (fx: rebound to a copy's
@@ -392,6 +403,7 @@ class _Recorder(Recorder):
         self.seen: set[int] = set()
         self.slots: list[Slot] = []  # the instrumented modules' slots pointing here, let go by close()
         self.stop_after: int | None = None  # a forward-only pass ends once this many taps are read
+        self.emulated: LowPrecisionProducts | None = None  # the pass's dispatch mode, left out of the reductions
 
     @property
     def instrumented(self) -> set[int] | None:
@@ -412,7 +424,7 @@ class _Recorder(Recorder):
             return
         for tap in self.fwd_taps.get(idx, ()):
             if (tap.op, tap.key) not in self.values:  # several findings may ask for the same reduction
-                self.values[(tap.op, tap.key)] = tap.reduce(t.detach())
+                self.values[(tap.op, tap.key)] = self._reduce(tap, t)
         if self.stop_after is not None and len(self.values) >= self.stop_after:
             raise _Enough
         if t.requires_grad and idx in self.bwd_taps:
@@ -420,6 +432,14 @@ class _Recorder(Recorder):
             handle = t.register_hook(functools.partial(self._grad_taps, idx))
             if t.grad_fn is None:
                 self.handles.append(handle)
+
+    def _reduce(self, tap: Tap, t: torch.Tensor) -> Any:
+        """A tap's reduction, outside the pass's :class:`LowPrecisionProducts` (it reads the value the op made;
+        through the mode each of its ops would cost a Python dispatch, ten times the op on a small tensor)."""
+        if self.emulated is not None and _get_current_dispatch_mode() is self.emulated:
+            with _pop_mode_temporarily():
+                return tap.reduce(t.detach())
+        return tap.reduce(t.detach())
 
     def close(self) -> None:
         super().close()
@@ -502,6 +522,8 @@ def run_pass(runnable: Runnable, needs: Needs | None, device: torch.device, seed
     cast = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
     emulate = LowPrecisionProducts(autocast) if autocast is not None and device.type == "cpu" \
         else contextlib.nullcontext()
+    if isinstance(emulate, LowPrecisionProducts):
+        rec.emulated = emulate
     if forward_only and needs is not None and not needs.ops and not rec.bwd_taps:
         rec.stop_after = len({(t.op, t.key) for t in needs.taps if t.op in rec.index})
     with preserved(runnable.model), grad, cast, emulate, quiet():
@@ -521,7 +543,9 @@ def _run(runnable: Runnable, graph: ModelGraph, rec: _Recorder, dev: torch.devic
     from ..measure import hooks_forward
 
     model = runnable.model
-    here = device_of(model)
+    here = runnable.cache.get("device")  # the model does not move during the stage
+    if here is None:
+        here = runnable.cache["device"] = device_of(model)
     moved = dev != here
     args, kwargs = runnable.call_args()
     args, kwargs = pytree.tree_map(functools.partial(prepare_input, dev), (args, kwargs))
@@ -530,7 +554,7 @@ def _run(runnable: Runnable, graph: ModelGraph, rec: _Recorder, dev: torch.devic
         target = copy.deepcopy(model).to(dev) if moved else model
         target.train()
         runner = functools.partial(hooks_forward, target, graph, rec)
-        named = dict(target.named_parameters())
+        named = dict(target.named_parameters()) if params else {}
     else:
         if runnable.capture is Capture.FX:
             model.train()
@@ -558,12 +582,12 @@ def _run(runnable: Runnable, graph: ModelGraph, rec: _Recorder, dev: torch.devic
                     for t in runnable.flat_args(args, kwargs, state)]
             target = state
             runner = lambda *a, **k: runnable.user_outputs(call(*flat))  # noqa: E731
-            named = dict(state.named_parameters())
+            named = dict(state.named_parameters()) if params else {}
         else:
             target = module.module if isinstance(module, _Interpreted) else module
             runner = call
             named = {(n[len(runnable.prefix):] if n.startswith(runnable.prefix) else n): p
-                     for n, p in target.named_parameters()}
+                     for n, p in target.named_parameters()} if params else {}
     for name, t in inputs.items():
         rec.probe(t, rec.index[name])
     out = runner(*args, **kwargs)
@@ -574,14 +598,15 @@ def _run(runnable: Runnable, graph: ModelGraph, rec: _Recorder, dev: torch.devic
     leaves = gradient_leaves(inputs.values(), target)
     if not outs or not leaves:
         return {}
-    loss = surrogate_loss(outs, seed)
+    loss = _surrogate_loss(runnable, outs, seed)
     del out, outs
     # Without parameter gradient norms to read, the backward runs to the float inputs only: the gradients at the
     # ops are the same, and the weights' gradients (half a linear layer's backward) are not computed. Where an
     # op's hook got no gradient that way (its only path goes to parameters), the rest of the backward runs to
-    # every leaf, as before.
+    # every leaf, as before; straight away where the graph shows that an op with a hook has no float input
+    # upstream (an embedding's output): its gradient can only come that way.
     own = [t for t in inputs.values() if t.requires_grad]
-    if params or not own or len(own) == len(leaves):
+    if params or not own or len(own) == len(leaves) or _unreached(runnable, graph, rec, inputs):
         grads = torch.autograd.grad(loss, leaves, allow_unused=True)
     else:
         grads = torch.autograd.grad(loss, own, allow_unused=True, retain_graph=True)
@@ -598,6 +623,37 @@ def _run(runnable: Runnable, graph: ModelGraph, rec: _Recorder, dev: torch.devic
         if g is not None:
             norms[name] = float(torch.linalg.vector_norm(g.detach().double()))
     return norms
+
+
+# Outputs up to this many elements in all keep their loss targets for the program's next pass (the repaired
+# copy's has the same outputs): drawing them is a tenth of a small model's step.
+LOSS_CACHE = 1 << 16
+
+
+def _surrogate_loss(runnable: Runnable, outs: list[torch.Tensor], seed: int) -> torch.Tensor:
+    """:func:`initlint.measure.surrogate_loss`, the targets drawn once per program, seed and output shapes."""
+    if sum(o.numel() for o in outs) > LOSS_CACHE:
+        return surrogate_loss(outs, seed)
+    cache = runnable.program.cache if runnable.program is not None else runnable.cache
+    key = ("probe-loss", seed, tuple((tuple(o.shape), o.dtype, o.device) for o in outs))
+    targets = cache.get(key)
+    if targets is None:
+        gen = torch.Generator().manual_seed(LOSS_SEED + seed)
+        targets = cache[key] = tuple(loss_targets(o.shape, gen).to(o.device, o.dtype) for o in outs)
+    return sum((o * r).sum() for o, r in zip(outs, targets))
+
+
+def _unreached(runnable: Runnable, graph: ModelGraph, rec: _Recorder, inputs: dict[str, torch.Tensor]) -> bool:
+    """Whether an op whose gradient a hook waits for has none of the float inputs upstream in the graph: a
+    backward to those inputs alone cannot reach it."""
+    own = tuple(sorted(n for n, t in inputs.items() if t.requires_grad))
+    cache = runnable.program.cache if runnable.program is not None else runnable.cache
+    key = ("probe-reached", tuple(graph.ops), own)
+    reached = cache.get(key)
+    if reached is None:
+        names = set(own).union(*(nx.descendants(graph.dag, n) for n in own if n in graph.dag))
+        reached = cache[key] = frozenset(rec.index[n] for n in names if n in rec.index)
+    return any((i if i >= 0 else -1 - i) not in reached for i in rec.hooked)
 
 
 def instrument(gm: torch.fx.GraphModule, graph: ModelGraph, slot: Any, prefix: str,
@@ -691,21 +747,54 @@ class _Interpreted(torch.fx.Interpreter):
 
     def run(self, *args: Any, initial_env: dict | None = None, enable_io_processing: bool = True) -> Any:
         """:meth:`torch.fx.Interpreter.run` without its progress bar (a ``tqdm`` made per run: 1-2 ms, more than a
-        small model's step) and its error annotation."""
+        small model's step) and its error annotation; each node run as :meth:`run_node` runs it, from a plan of
+        the graph made once (its op, target, arguments, the values it is the last user of, its slot), without
+        the per-node method dispatch, debug log and node-metadata context (which only a trace in progress reads:
+        then, and for placeholders, :meth:`run_node` itself)."""
         self.env = env = dict(initial_env) if initial_env is not None else {}
         if enable_io_processing:
             args = self.graph.process_inputs(*args)
         self.args_iter = iter(args)
+        plan = self.__dict__.get("plan")
+        if plan is None:
+            plan = self.plan = self._plan()
+        load = env.__getitem__
+        lean = not fx_traceback.should_preserve_node_meta
+        slot = self.slot
+        try:
+            for node, op, target, args_, kwargs_, dead, idx in plan:
+                if node not in env:
+                    if not lean or op == "placeholder":
+                        env[node] = self.run_node(node)
+                    else:
+                        a = map_arg(args_, load)
+                        k = map_arg(kwargs_, load)
+                        if op == "call_function":
+                            value = target(*a, **k)
+                        elif op == "call_module":
+                            value = self.fetch_attr(target)(*a, **k)
+                        elif op == "call_method":
+                            value = getattr(a[0], target)(*a[1:], **k)
+                        elif op == "get_attr":
+                            value = self.fetch_attr(target)
+                        elif op == "output":
+                            value = a[0]
+                        else:
+                            value = getattr(self, op)(target, a, k)
+                        env[node] = value if idx is None else slot(value, idx)
+                for d in dead:
+                    del env[d]
+                if op == "output":
+                    out = env[node]
+                    return self.graph.process_outputs(out) if enable_io_processing else out
+            return None
+        finally:  # the interpreter is kept for the next pass: it must not hold this one's values
+            self.env, self.args_iter = {}, iter(())
+
+    def _plan(self) -> list[tuple]:
         last = self.user_to_last_uses if self.garbage_collect_values else {}
-        for node in self.graph.nodes:
-            if node not in env:
-                env[node] = self.run_node(node)
-            for dead in last.get(node, ()):
-                del env[dead]
-            if node.op == "output":
-                out = env[node]
-                return self.graph.process_outputs(out) if enable_io_processing else out
-        return None
+        return [(n, n.op, n.target, n.args, n.kwargs, tuple(last.get(n, ())), self.slots.get(n.name))
+                for n in self.graph.nodes]
 
 
 def _match_inputs(graph: ModelGraph, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
