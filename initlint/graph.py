@@ -66,13 +66,15 @@ class ModelGraph:
         cls, model_name: str, capture: Capture, ops: Iterable[Op], notes: tuple[str, ...] = ()
     ) -> "ModelGraph":
         table = {op.name: op for op in ops}
-        dag = nx.DiGraph()
-        dag.add_nodes_from(table)
+        edges = []
         for op in table.values():
             for src in op.inputs:
                 if src not in table:
                     raise ValueError(f"op `{op.name}` reads `{src}`, which is not in the graph")
-                dag.add_edge(src, op.name)
+                edges.append((src, op.name))
+        dag = nx.DiGraph()
+        dag.add_nodes_from(table)
+        dag.add_edges_from(edges)  # one call: add_edge clears networkx's caches at each edge (half the build)
         return cls(model_name, capture, MappingProxyType(table), nx.freeze(dag), notes)
 
     def with_signals(self, signals: Mapping[str, Signal]) -> "ModelGraph":

@@ -31,7 +31,8 @@ from .normalize import MODULES, Call, OpSpec, Ref, _bias, _module, _rms, _tup, c
 
 
 def _p(module: nn.Module, path: str, attr: str) -> tuple[str, torch.Tensor] | None:
-    t = getattr(module, attr, None)
+    params = module._parameters  # a registered parameter is what getattr finds, without nn.Module's __getattr__
+    t = params[attr] if attr in params else getattr(module, attr, None)
     if not isinstance(t, torch.Tensor):
         return None
     return (f"{path}.{attr}" if path else attr), t

@@ -121,8 +121,8 @@ def _module(*types: type):
 
 def _tup(v, n: int | None = None) -> tuple[int, ...]:
     if isinstance(v, (list, tuple)):
-        return tuple(int(x) for x in v)
-    return tuple([int(v)] * (n or 1))
+        return tuple(map(int, v))
+    return (int(v),) * (n or 1)
 
 
 def _num(v) -> float | None:
@@ -241,7 +241,7 @@ def module_spec(module: nn.Module, path: str, call: Call) -> OpSpec | None:
         handler = MODULES.get(cls)
         if handler is not None:
             spec = handler(module, path, call)
-            if any(not isinstance(r, Ref) for r in spec.inputs):  # fed by a value the capture could not follow
+            if not all([isinstance(r, Ref) for r in spec.inputs]):  # fed by a value the capture could not follow
                 return OpSpec(spec.kind, tuple(r for r in spec.inputs if isinstance(r, Ref)), spec.params,
                               spec.weight, spec.bias, spec.target)
             return spec
