@@ -22,6 +22,7 @@ the backward gain ``E[f'(x)^2]`` for ``x ~ N(mean, variance)``.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,8 +80,8 @@ def gaussian(mean: float, variance: float) -> Rule:
     t, w = _standard()
     std = math.sqrt(max(variance, 0.0))
     if mean == 0.0 and std > 1e-290:  # adding zero changes no node (none is zero: NODES is even)
-        return Rule(std * t, w, True, True)
-    return Rule(mean + std * t, w, True, _spaced(mean, std))
+        return Rule(t.mul(std), w, True, True)
+    return Rule(t.mul(std).add_(mean), w, True, _spaced(mean, std))
 
 
 def _spaced(mean: float, std: float) -> bool:
@@ -248,8 +249,8 @@ def activation(params: ActivationParams) -> Fn:
 # Slopes in closed form for the common activations, as PyTorch's backward computes them: autograd costs a
 # backward pass per call (100 us), paid at every activation of every model and again by the rules.
 _SLOPES: dict[Activation, Callable[[ActivationParams, torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    Activation.RELU: lambda p, x, y: (x > 0).to(x.dtype),
-    Activation.RELU6: lambda p, x, y: ((x > 0) & (x < 6)).to(x.dtype),  # hardtanh_backward's mask
+    Activation.RELU: lambda p, x, y: x.gt(0).to(x.dtype),
+    Activation.RELU6: lambda p, x, y: x.gt(0).logical_and_(x.lt(6)).to(x.dtype),  # hardtanh_backward's mask
     Activation.HARDTANH: lambda p, x, y: ((x > (-1.0 if p.min_val is None else p.min_val))
                                           & (x < (1.0 if p.max_val is None else p.max_val))).to(x.dtype),
     Activation.TANH: lambda p, x, y: 1 - y * y,
@@ -324,11 +325,96 @@ class Gain:
 def activation_gain(params: ActivationParams, x: Moments) -> Gain:
     """Gains of an activation for ``x ~ N(x.mean, x.variance)``: the nodes of :func:`gaussian` and every
     expectation in one matrix-vector product (a torch call costs microseconds, about what the arithmetic on 400
-    nodes costs)."""
+    nodes costs); for the piecewise-linear ones, sums over the pieces' runs of nodes (:func:`_piecewise_gain`)."""
+    gain = _piecewise_gain(params, x)
+    if gain is not None:
+        return gain
     t, w = _standard()
     y, d = activation_with_derivative(params, x.mean + math.sqrt(max(x.variance, 0.0)) * t, rounded=True)
     e = torch.mv(torch.stack((y * y, y, d * d, d)), w).tolist()
     return Gain(Moments(e[0], e[1]), e[2], e[3])
+
+
+# The piecewise-linear activations as (lo, hi, low slope, low value, high value): ``f(x) = x`` for lo < x < hi,
+# ``low slope * x + low value`` at and below lo, ``high value`` at and above hi (slope 0).
+_PIECES: dict[Activation, Callable[[ActivationParams], tuple[float, float, float, float, float]]] = {
+    Activation.RELU: lambda p: (0.0, math.inf, 0.0, 0.0, 0.0),
+    Activation.RELU6: lambda p: (0.0, 6.0, 0.0, 0.0, 6.0),
+    Activation.HARDTANH: lambda p: (_lo(p), _hi(p), 0.0, _lo(p), _hi(p)),
+    Activation.LEAKY_RELU: lambda p: (0.0, math.inf, 0.01 if p.negative_slope is None else p.negative_slope, 0.0, 0.0),
+    Activation.PRELU: lambda p: (0.0, math.inf, 0.01 if p.negative_slope is None else p.negative_slope, 0.0, 0.0),
+    Activation.RRELU: lambda p: (0.0, math.inf, _RRELU_SLOPE, 0.0, 0.0),
+    Activation.IDENTITY: lambda p: (-math.inf, math.inf, 0.0, 0.0, 0.0),
+}
+
+
+def _lo(p: ActivationParams) -> float:
+    return -1.0 if p.min_val is None else p.min_val
+
+
+def _hi(p: ActivationParams) -> float:
+    return 1.0 if p.max_val is None else p.max_val
+
+
+def _piecewise_gain(params: ActivationParams, x: Moments) -> Gain | None:
+    """:func:`activation_gain` of a piecewise-linear activation without a torch call: the grid's nodes
+    ``mean + std * t`` are sorted, so each piece takes a run of them, found by bisection on the same float
+    arithmetic; on a run, ``E[x]`` and ``E[x^2]`` follow from running sums of ``w``, ``w t`` and ``w t^2`` over
+    the standard grid. The grid's sums to rounding (1e-15 relative; up to 1e-13 for a piece in a far tail,
+    where ``mean`` and ``std * t`` nearly cancel). None for other activations and for a spread or mean that
+    is not finite or whose squares might not be."""
+    pieces = _PIECES.get(params.fn)
+    if pieces is None:
+        return None
+    lo, hi, slope, low, high = pieces(params)
+    mean, std = x.mean, math.sqrt(max(x.variance, 0.0))
+    if not (lo < hi and abs(mean) + SPAN * std < 1e150):  # finite, and so are the squares (NaN: False)
+        return None
+    ts, below, above = _standard_sums()
+    n = len(ts)
+
+    def node(t: float) -> float:
+        return mean + std * t  # as gaussian() and activation_gain's grid compute it
+
+    k0 = bisect.bisect_right(ts, lo, key=node) if lo > -math.inf else 0  # nodes at or below lo
+    k1 = bisect.bisect_left(ts, hi, key=node) if hi < math.inf else n  # nodes from k1 on: at or above hi
+
+    def run(k: int, m: int) -> tuple[float, float, float]:
+        """``(sum w, sum w x, sum w x^2)`` over nodes ``k <= i < m``."""
+        w, wt, wt2 = (_span(below[j], above[j], k, m) for j in range(3))
+        return w, mean * w + std * wt, mean * mean * w + 2.0 * mean * std * wt + std * std * wt2
+
+    w_mid, y_mid, y2_mid = run(k0, k1)
+    w_low, y_low, y2_low = run(0, k0)
+    w_high = _span(below[0], above[0], k1, n)
+    first = y_mid + slope * y_low + low * w_low + high * w_high
+    second = y2_mid + slope * slope * y2_low + low * low * w_low + high * high * w_high
+    return Gain(Moments(second, first), w_mid + slope * slope * w_low, w_mid + slope * w_low)
+
+
+@lru_cache(maxsize=1)
+def _standard_sums() -> tuple[list[float], list[list[float]], list[list[float]]]:
+    """The standard grid's nodes ``t``, and running sums of ``w``, ``w t`` and ``w t^2``: ``below[j][k]`` over
+    the nodes before ``k``, ``above[j][k]`` over the nodes from ``k`` on. The grid is symmetric, node for node
+    (``linspace`` computes its two halves from their own ends), so the sums from the right are those from the
+    left, mirrored (``w t`` changing sign)."""
+    t, w = _standard()
+    wt = w * t
+    rows = torch.stack((w, wt, wt * t)).cumsum(1).tolist()
+    below = [[0.0] + row for row in rows]
+    above = [row[::-1] + [0.0] for row in rows]
+    above[1] = [-v for v in above[1]]
+    return t.tolist(), below, above
+
+
+def _span(below: list[float], above: list[float], k: int, m: int) -> float:
+    """The sum over nodes ``k <= i < m`` from the running sums of the side that subtracts less: a tail's sum
+    from its own end, where it is not the difference of two sums near the total."""
+    if m <= k:
+        return 0.0
+    if max(abs(below[m]), abs(below[k])) <= max(abs(above[k]), abs(above[m])):
+        return below[m] - below[k]
+    return above[k] - above[m]
 
 
 @lru_cache(maxsize=2)

@@ -186,6 +186,8 @@ def _expect_deriv(rule: Rule, value: torch.Tensor | float, values: torch.Tensor)
     """``E[value]`` on the grid: a constant derivative is its own expectation (the weights sum to one)."""
     if isinstance(value, (int, float)):
         return float(value)
+    if value.shape == values.shape and value.dtype == DTYPE:  # an activation's slopes: the same dot product
+        return rule.expect(value)
     return rule.expect(torch.as_tensor(value, dtype=DTYPE).expand_as(values))
 
 
