@@ -166,3 +166,15 @@ def test_preserved_restores_what_a_forward_changes():
     np_after = np.random.get_state()
     assert all(np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b for a, b in zip(np_before, np_after))
     assert model.low.dtype == torch.float16 and not model.table.is_contiguous()
+
+
+def test_numpy_generator_is_left_alone_until_imported(monkeypatch):
+    """numpy 2 makes its global generator when ``numpy.random`` is first imported: before that there is no
+    state to keep, and preserved() does not import it to save one."""
+    import sys
+
+    from initlint import state
+
+    monkeypatch.delitem(sys.modules, "numpy.random", raising=False)
+    assert state._numpy_state() is None
+    assert "numpy.random" not in sys.modules
