@@ -761,8 +761,13 @@ class _Interpreted(torch.fx.Interpreter):
         load = env.__getitem__
         lean = not fx_traceback.should_preserve_node_meta
         slot = self.slot
+        # the ops the slot does something at: those the recorder reads (None: all) and those a scale edits; at
+        # the others it returns the value as it is
+        rec = slot.recorder
+        active = set() if rec is None else getattr(rec, "instrumented", None)
+        scales = getattr(slot, "scales", None) or {}
         try:
-            for node, op, target, args_, kwargs_, dead, idx in plan:
+            for node, op, target, atoms, args_, kwargs_, dead, idx in plan:
                 if node not in env:
                     if not lean or op == "placeholder":
                         env[node] = self.run_node(node)
@@ -772,16 +777,18 @@ class _Interpreted(torch.fx.Interpreter):
                         if op == "call_function":
                             value = target(*a, **k)
                         elif op == "call_module":
-                            value = self.fetch_attr(target)(*a, **k)
+                            value = self._attr(target, atoms)(*a, **k)
                         elif op == "call_method":
                             value = getattr(a[0], target)(*a[1:], **k)
                         elif op == "get_attr":
-                            value = self.fetch_attr(target)
+                            value = self._attr(target, atoms)
                         elif op == "output":
                             value = a[0]
                         else:
                             value = getattr(self, op)(target, a, k)
-                        env[node] = value if idx is None else slot(value, idx)
+                        if idx is not None and (active is None or idx in active or idx in scales):
+                            value = slot(value, idx)
+                        env[node] = value
                 for d in dead:
                     del env[d]
                 if op == "output":
@@ -793,8 +800,19 @@ class _Interpreted(torch.fx.Interpreter):
 
     def _plan(self) -> list[tuple]:
         last = self.user_to_last_uses if self.garbage_collect_values else {}
-        return [(n, n.op, n.target, n.args, n.kwargs, tuple(last.get(n, ())), self.slots.get(n.name))
-                for n in self.graph.nodes]
+        return [(n, n.op, n.target, tuple(n.target.split(".")) if isinstance(n.target, str) else (), n.args,
+                 n.kwargs, tuple(last.get(n, ())), self.slots.get(n.name)) for n in self.graph.nodes]
+
+    def _attr(self, target: str, atoms: tuple[str, ...]) -> Any:
+        """:meth:`fetch_attr` (one ``getattr`` an atom where it checks with ``hasattr`` first; its error where
+        one is missing)."""
+        value = self.module
+        try:
+            for atom in atoms:
+                value = getattr(value, atom)
+        except AttributeError:
+            return self.fetch_attr(target)
+        return value
 
 
 def _match_inputs(graph: ModelGraph, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
