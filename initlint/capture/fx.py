@@ -285,16 +285,14 @@ def _is_static_value(value: Any) -> bool:
 def _known(node: torch.fx.Node, result: Any, known: set) -> bool:
     """Whether ``node``'s value is a constant of the model: a buffer or stowed constant, or a deterministic
     function of constants (and literals)."""
-    if node.op == "get_attr":
+    op = node.op
+    if op == "get_attr":
         return isinstance(result, torch.Tensor) and not isinstance(result, nn.Parameter)
-    if not all(n in known for n in node.all_input_nodes):  # first: what most nodes fail, and the cheapest
+    if op != "call_function" and op != "call_method":  # placeholders, modules
         return False
-    if node.op == "call_function":
-        name = function_name(node.target)
-    elif node.op == "call_method":
-        name = _method_name(node.target)
-    else:  # placeholders, modules
+    if not all([n in known for n in node.all_input_nodes]):  # what most calls fail, and the cheapest
         return False
+    name = function_name(node.target) if op == "call_function" else _method_name(node.target)
     if name in RANDOM or name.endswith("_"):
         return False
     return not isinstance(result, torch.Tensor) or not result.requires_grad
