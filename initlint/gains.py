@@ -68,11 +68,20 @@ class Rule:
         return self.expect(values * values)
 
 
-@lru_cache(maxsize=1)
-def _standard() -> tuple[torch.Tensor, torch.Tensor]:
+def _make_standard() -> tuple[torch.Tensor, torch.Tensor]:
     t = torch.linspace(-SPAN, SPAN, NODES, dtype=DTYPE)
     w = torch.exp(-0.5 * t * t)
     return t, w / w.sum()
+
+
+# The standard grid and the tables below are made once, at import (a few hundred microseconds in all, against the
+# second and a half that importing torch takes), not in every lint: most lints need them. Nothing writes into them.
+_STANDARD = _make_standard()
+
+
+def _standard() -> tuple[torch.Tensor, torch.Tensor]:
+    """The standard Gaussian grid: nodes ``t`` on [-8, 8] and weights ``w`` summing to one."""
+    return _STANDARD
 
 
 def gaussian(mean: float, variance: float) -> Rule:
@@ -166,11 +175,21 @@ def compress(nodes: torch.Tensor, weights: torch.Tensor, size: int = NODES) -> R
     return Rule(v[idx], torch.full((size,), 1.0 / size, dtype=DTYPE))
 
 
-@lru_cache(maxsize=8)
 def _standard_compressed(size: int, k: int | None) -> Rule:
+    if size == _OFFSET_NODES and k is None:
+        return _COMPRESSED
+    return _compressed(size, k)
+
+
+@lru_cache(maxsize=8)
+def _compressed(size: int, k: int | None) -> Rule:
     t, w = _standard()
     rule = Rule(t, w) if k is None else max_of(Rule(t, w), t, k)
     return compress(rule.nodes, rule.weights, size)
+
+
+_OFFSET_NODES = 48  # the size of propagate._unit_of's integrals over per-unit offsets, which most lints need
+_COMPRESSED = _compressed.__wrapped__(_OFFSET_NODES, None)
 
 
 def compressed_gaussian(mean: float, variance: float, size: int, k: int | None = None) -> Rule:
@@ -370,7 +389,7 @@ def _piecewise_gain(params: ActivationParams, x: Moments) -> Gain | None:
     mean, std = x.mean, math.sqrt(max(x.variance, 0.0))
     if not (lo < hi and abs(mean) + SPAN * std < 1e150):  # finite, and so are the squares (NaN: False)
         return None
-    ts, below, above = _standard_sums()
+    ts, below, above = _SUMS
     n = len(ts)
 
     def node(t: float) -> float:
@@ -392,7 +411,6 @@ def _piecewise_gain(params: ActivationParams, x: Moments) -> Gain | None:
     return Gain(Moments(second, first), w_mid + slope * slope * w_low, w_mid + slope * w_low)
 
 
-@lru_cache(maxsize=1)
 def _standard_sums() -> tuple[list[float], list[list[float]], list[list[float]]]:
     """The standard grid's nodes ``t``, and running sums of ``w``, ``w t`` and ``w t^2``: ``below[j][k]`` over
     the nodes before ``k``, ``above[j][k]`` over the nodes from ``k`` on. The grid is symmetric, node for node
@@ -405,6 +423,9 @@ def _standard_sums() -> tuple[list[float], list[list[float]], list[list[float]]]
     above = [row[::-1] + [0.0] for row in rows]
     above[1] = [-v for v in above[1]]
     return t.tolist(), below, above
+
+
+_SUMS = _standard_sums()
 
 
 def _span(below: list[float], above: list[float], k: int, m: int) -> float:
