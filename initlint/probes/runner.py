@@ -49,10 +49,10 @@ from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatc
 
 from ..capture.fx import CONSTANT
 from ..capture.program import Program
-from ..graph import ModelGraph
+from ..graph import ModelGraph, Signal
 from ..inputs import ExampleInputs
 from ..measure import (
-    LOSS_SEED, Recorder, Slot, device_of, first_tensor, gradient_leaves, loss_targets, prepare_input, quiet,
+    LOSS_SEED, Recorder, _moments, Slot, device_of, first_tensor, gradient_leaves, loss_targets, prepare_input, quiet,
     seed_device, surrogate_loss, unlifted,
 )
 from ..ops import Capture, OpKind
@@ -441,6 +441,31 @@ class _Recorder(Recorder):
                 return tap.reduce(t.detach())
         return tap.reduce(t.detach())
 
+    def signals(self) -> dict[str, Signal]:
+        """:meth:`Recorder.signals`, the forward and backward statistics read back in one copy: the per-op
+        vectors concatenated as they are and widened to float64 once (the same numbers as widening each, which
+        costs a tensor op per recorded op and direction)."""
+        items = self.fwd + self.bwd
+        if not items or len({t.dtype for _, t, _ in items}) != 1 or len({t.device for _, t, _ in items}) != 1:
+            return super().signals()
+        flat = torch.cat([t for _, t, _ in items]).to(torch.float64).cpu().tolist()
+        fwd: dict[int, tuple[list[float], int]] = {}
+        bwd: dict[int, tuple[list[float], int]] = {}
+        at = 0
+        for k, (idx, t, n) in enumerate(items):
+            size = t.numel()
+            (fwd if k < len(self.fwd) else bwd).setdefault(idx, (flat[at:at + size], n))  # a node's first call
+            at += size
+        out = {}
+        for idx, ((norm, total, lo, hi), n) in fwd.items():
+            back = bwd.get(idx)
+            grad = None if back is None else _moments(*back[0], back[1])
+            out[self.names[idx]] = Signal(_moments(norm, total, n), grad, max(-lo, hi))
+        for name, src in self.aliases.items():  # in topological order, so chains resolve
+            if src in out:
+                out[name] = out[src]
+        return out
+
     def close(self) -> None:
         super().close()
         for slot in self.slots:
@@ -548,7 +573,10 @@ def _run(runnable: Runnable, graph: ModelGraph, rec: _Recorder, dev: torch.devic
         here = runnable.cache["device"] = device_of(model)
     moved = dev != here
     args, kwargs = runnable.call_args()
-    args, kwargs = pytree.tree_map(functools.partial(prepare_input, dev), (args, kwargs))
+    if not kwargs and all(type(a) is torch.Tensor for a in args):  # what tree_map makes of them, without it
+        args, kwargs = tuple(prepare_input(dev, a) for a in args), {}
+    else:
+        args, kwargs = pytree.tree_map(functools.partial(prepare_input, dev), (args, kwargs))
     inputs = _match_inputs(graph, args, kwargs)
     if runnable.module is None:
         target = copy.deepcopy(model).to(dev) if moved else model
