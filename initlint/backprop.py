@@ -83,7 +83,9 @@ def backward(graph: ModelGraph, ests: Mapping[str, Est], steps: Mapping[str, Ste
             grad = step.grads[i] if i < len(step.grads) else None
             if grad is None or not ests[src].requires_grad:
                 continue
-            into = terms.setdefault(src, _Terms())
+            into = terms.get(src)
+            if into is None:
+                into = terms[src] = _Terms()
             if isinstance(grad, Deriv):  # same grid: amplitudes add per origin
                 value = grad.value
                 one = isinstance(value, float) and value == 1.0  # a view or a copy: the amplitude as it is
@@ -119,6 +121,8 @@ def _normalized(fractions: list[float], weights: list[float]) -> Profile | None:
 
 def _rows_backward(kind: OpKind, step: Step, i: int, profile: Profile | None, src: Est):
     """``(gain multiplier, profile at the operand)`` for operand ``i``."""
+    if profile is None and not step.row_gains:  # rows alike, or nothing to say of them: most ops
+        return 1.0, None
     if kind is OpKind.CONCAT and step.row_parts and profile is not None:
         start = sum(step.row_parts[:i])
         part = slice(start, start + step.row_parts[i])

@@ -79,7 +79,7 @@ def predict(graph: ModelGraph, inputs: Any = None, *, model: nn.Module | None = 
     fallback: list[str] = []
     for op in graph:
         ins = [ests[n] for n in op.inputs]
-        step = _transfer(op, ins, ctx, tensors) if not _part_of_fallback(op, fallback) else None
+        step = None if fallback and _part_of_fallback(op, fallback) else _transfer(op, ins, ctx, tensors)
         if step is None:
             fallback.append(op.name)
             step = _fallback(op, ins, (measured or {}).get(op.name))
@@ -133,7 +133,8 @@ def _floating(op: Op) -> bool:
 
 def _trainable(op: Op) -> bool:
     """Whether the op owns a parameter that takes gradients."""
-    return any(w is not None and w.trainable for w in (op.weight, op.bias))
+    w, b = op.weight, op.bias
+    return (w is not None and w.trainable) or (b is not None and b.trainable)
 
 
 def _settle(op: Op, step: Step, ins: list[Est], ctx: Ctx, ests: dict[str, Est]) -> Est:
