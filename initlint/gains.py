@@ -93,6 +93,12 @@ def gaussian(mean: float, variance: float) -> Rule:
     return Rule(t.mul(std).add_(mean), w, True, _spaced(mean, std))
 
 
+def unread_gaussian() -> Rule:
+    """:func:`gaussian`'s rule for a source whose values no consumer reads: its weights and no nodes (making
+    them is most of what a new source costs)."""
+    return Rule(None, _STANDARD[1], True)
+
+
 def _spaced(mean: float, std: float) -> bool:
     """Whether ``mean + std * t`` keeps the standard grid's even spacing to rounding: a spread far below the
     mean's own rounding would quantize the nodes."""
@@ -550,6 +556,6 @@ def tanh_gain(variance: float) -> Gain:
     return Gain(Moments(e[0], 0.0), e[2], e[1])
 
 
-__all__ = ["Rule", "Gain", "gaussian", "gamma", "uniform", "bernoulli", "point", "mixture", "max_of", "matched",
-           "compress", "compressed_gaussian", "interpolate", "activation", "activation_gain", "gate_gains",
+__all__ = ["Rule", "Gain", "gaussian", "unread_gaussian", "gamma", "uniform", "bernoulli", "point", "mixture", "max_of",
+           "matched", "compress", "compressed_gaussian", "interpolate", "activation", "activation_gain", "gate_gains",
            "tanh_gain", "tanh_moments", "activation_with_derivative", "with_derivative"]

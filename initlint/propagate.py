@@ -40,13 +40,17 @@ from torch import nn
 from . import attention, elementwise, recurrent, transfer
 from .backprop import ROWWISE, backward
 from .estimate import Ctx, Deriv, Est, Factor, Step, Transfer
-from .gains import DTYPE, Rule, compressed_gaussian, gaussian, interpolate, matched, point
+from .gains import DTYPE, Rule, compressed_gaussian, gaussian, interpolate, matched, point, unread_gaussian
 from .graph import ModelGraph, Moments, Signal
 from .ops import NormKind, Op, OpKind
 
 TABLE: dict[OpKind, Transfer] = {**transfer.TABLE, **attention.TABLE, **elementwise.TABLE,
                                   OpKind.RECURRENT: recurrent.transfer}
 _NO_GRAD = frozenset({OpKind.COMPARE, OpKind.RANDOM, OpKind.FACTORY})
+# Ops whose transfer functions read their operands' moments and never their values on the grid. A source read
+# only by these (a conv's output feeding a norm) needs no nodes: nothing lives on its grid, so its rule is read
+# for nothing but its weights (backward's second moments of amplitudes on it, which are numbers here).
+_MOMENTS_ONLY = frozenset({OpKind.CONV, OpKind.LINEAR, OpKind.NORM})
 _EXACT = frozenset({OpKind.INPUT, OpKind.PARAM, OpKind.OUTPUT})  # statistics read, not predicted
 
 
@@ -77,6 +81,7 @@ def predict(graph: ModelGraph, inputs: Any = None, *, model: nn.Module | None = 
     ests = ctx.ests
     steps: dict[str, Step] = {}
     fallback: list[str] = []
+    read = {name for op in graph if op.kind not in _MOMENTS_ONLY for name in op.inputs}
     for op in graph:
         ins = [ests[n] for n in op.inputs]
         step = None if fallback and _part_of_fallback(op, fallback) else _transfer(op, ins, ctx, tensors)
@@ -84,7 +89,7 @@ def predict(graph: ModelGraph, inputs: Any = None, *, model: nn.Module | None = 
             fallback.append(op.name)
             step = _fallback(op, ins, (measured or {}).get(op.name))
         steps[op.name] = step
-        ests[op.name] = _settle(op, step, ins, ctx, ests)
+        ests[op.name] = _settle(op, step, ins, ctx, ests, op.name in read)
     back = backward(graph, ests, steps, ctx.rules)
     signals = {name: Signal(Moments(max(e.second, 0.0), e.mean), back.get(name)) for name, e in ests.items()}
     return Prediction(signals, tuple(fallback))
@@ -137,8 +142,10 @@ def _trainable(op: Op) -> bool:
     return (w is not None and w.trainable) or (b is not None and b.trainable)
 
 
-def _settle(op: Op, step: Step, ins: list[Est], ctx: Ctx, ests: dict[str, Est]) -> Est:
-    """The estimate of ``op``'s output: moments from the grid for elementwise steps, else a new source."""
+def _settle(op: Op, step: Step, ins: list[Est], ctx: Ctx, ests: dict[str, Est], read: bool = True) -> Est:
+    """The estimate of ``op``'s output: moments from the grid for elementwise steps, else a new source.
+    ``read``: whether a consumer reads the output's values (see :data:`_MOMENTS_ONLY`); a Gaussian source that
+    none reads gets no nodes."""
     grads = step.grads + (None,) * (len(ins) - len(step.grads))
     if step.values is not None:
         source, values = step.source, step.values
@@ -163,7 +170,7 @@ def _settle(op: Op, step: Step, ins: list[Est], ctx: Ctx, ests: dict[str, Est]) 
     else:
         source, second, mean, unit, slope = op.name, step.second, step.mean, step.unit, 1.0
         if step.rule is None:
-            rule = step.gaussian_rule()
+            rule = step.gaussian_rule() if read else unread_gaussian()
         else:  # a grid with its own moments is matched already (to rounding: matched would shift it by 0)
             rule = step.rule if step.own else matched(step.rule, mean, second)
         ctx.rules[source] = rule
