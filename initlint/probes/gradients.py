@@ -396,7 +396,7 @@ def _small_input_factor(ctx: Context, first: str, last: str) -> float | None:
         return v * SMALL_INPUT if isinstance(v, torch.Tensor) and v.is_floating_point() else v
 
     r = ctx.runnable
-    if r.module is None or r.program is None:  # hooks: the user's model itself runs, no copy to zero the biases of
+    if r.captured is None or r.program is None:  # hooks: the user's model itself runs, no copy to zero the biases of
         return None
     args, kwargs = pytree.tree_map(small, (tuple(r.inputs.args), dict(r.inputs.kwargs)))
     values = tuple(pytree.tree_map(small, list(r.values)))

@@ -70,6 +70,7 @@ KEEP = 1 << 16
 # pass costs 1-3 us more an op, the code generation 50-100 us an op: it pays after some 25-50 passes. A stage is
 # usually two to six passes (the autocast passes count); IL206's extra mask draws run up to 32.
 COMPILE_AFTER = 16
+_FX = object()  # Runnable.captured of an fx capture: the program's GraphModule, made on first use
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,9 @@ class Runnable:
     capture: Capture
     graph: ModelGraph = dataclasses.field(repr=False)  # names the ops
     model: nn.Module  # the model whose parameters the graph uses
-    module: torch.fx.GraphModule | None  # the graph as captured (export: lifted); None for hooks: the model runs
+    # the graph module as captured (export: lifted); None for hooks: the model runs; fx: _FX, the program's
+    # GraphModule made on first use of :attr:`module` (an interpreted pass runs the traced graph over the model)
+    captured: Any
     inputs: ExampleInputs  # what the graph module (or the model) is called with
     values: tuple = ()  # fx: the placeholders' values
     prefix: str = ""
@@ -113,13 +116,23 @@ class Runnable:
                 raise ValueError("structural edits need a captured graph")
             return cls(program.capture, graph, model, None, program.inputs, program=program)
         if program.capture is Capture.FX:
-            module = program.graph_module
+            module = _FX
         elif _liftable(program):
             module = program.exported.graph_module
         else:  # lifted state this runner does not pass (opaque objects, effect tokens): the unlifted module
             module = unlifted(program)
         return cls(program.capture, graph, model, module, program.inputs, tuple(program.values), program.prefix,
                    tuple(edits), program)
+
+    @property
+    def module(self) -> torch.fx.GraphModule | None:
+        """The graph module as captured (export: lifted), None for hooks; fx: the program's ``GraphModule``."""
+        return self.program.graph_module if self.captured is _FX else self.captured
+
+    @property
+    def captured_graph(self) -> torch.fx.Graph:
+        """The captured graph (fx: the traced graph, the program's ``GraphModule``'s own, without making it)."""
+        return self.program.fx_graph if self.captured is _FX else self.module.graph
 
     @property
     def lifted(self) -> bool:
@@ -164,10 +177,17 @@ class Runnable:
             return False
         return self.program.cache.get("probe-interpreted", 0) < COMPILE_AFTER
 
-    def interpreter(self, module: torch.fx.GraphModule) -> tuple["_Interpreted", "_Slot"]:
-        """An interpreter of ``module`` (this runnable's graph over its model), with this runnable's slot. Made
-        once per module and kept (a pass on a device copy brings a new module): setting one up walks the graph
-        for its values' last uses and lists the submodules, a tenth of a small model's step."""
+    def root(self) -> nn.Module:
+        """What an interpreted pass runs the graph over: fx, the model itself (the graph's targets are paths in
+        it: neither the program's ``GraphModule`` nor a copy of it over a repaired model's modules is made);
+        export, the lifted graph module."""
+        return self.model if self.capture is Capture.FX else self.plain()
+
+    def interpreter(self, module: nn.Module) -> tuple["_Interpreted", "_Slot"]:
+        """An interpreter of this runnable's graph over ``module`` (:meth:`root`, or a copy of it on the device),
+        with this runnable's slot. Made once per root and kept (a pass on a device copy brings a new one):
+        setting one up walks the graph for its values' last uses and lists the submodules, a tenth of a small
+        model's step."""
         self.program.cache["probe-interpreted"] = self.program.cache.get("probe-interpreted", 0) + 1
         slot = self.cache.setdefault("slot", _Slot())
         kept = self.cache.get("interpreter")
@@ -177,9 +197,9 @@ class Runnable:
         if key not in self.program.cache:
             signature = self.program.exported.graph_signature if self.lifted else None
             self.program.cache[key] = {n: i for n, (_, i) in
-                                       _slot_targets(self.module.graph, self.graph, self.prefix, signature).items()}
-        interpreted = _Interpreted(module, self.program.cache[key], slot)
-        if module is self.plain():  # not a copy moved to the device for this pass alone
+                                       _slot_targets(self.captured_graph, self.graph, self.prefix, signature).items()}
+        interpreted = _Interpreted(module, self.program.cache[key], slot, self.captured_graph)
+        if module is self.root():  # not a copy moved to the device for this pass alone
             self.cache["interpreter"] = interpreted
         return interpreted, slot
 
@@ -200,10 +220,10 @@ class Runnable:
             out: dict[int, tuple[float, ...]] | None = {}
             if self.edits:
                 slotted: set[str] = set()
-                if self.program is not None and self.module is not None:
+                if self.program is not None and self.captured is not None:
                     signature = self.program.exported.graph_signature if self.lifted else None
                     slotted = {name for name, _ in
-                               _slot_targets(self.module.graph, self.graph, self.prefix, signature).values()}
+                               _slot_targets(self.captured_graph, self.graph, self.prefix, signature).values()}
                 index = {name: i for i, name in enumerate(self.graph.ops)}
                 for edit in self.edits:
                     if not isinstance(edit, ScaleAfter) or edit.op not in slotted:
@@ -388,11 +408,15 @@ def keep_all(t: torch.Tensor) -> torch.Tensor:
 # -- the pass ----------------------------------------------------------------------------------------------
 
 
+_TABLES = frozenset({"names", "index", "no_backward", "aliases"})  # what Recorder.__init__ reads off the graph
+_FRESH = frozenset({"fwd", "bwd", "handles", "hooked", "fired"})  # what a pass fills
+
+
 class _Recorder(Recorder):
     """The measurement pass's recorder, restricted to the ops asked for, with taps beside the moments."""
 
-    def __init__(self, graph: ModelGraph, needs: Needs | None):
-        super().__init__(graph)
+    def __init__(self, graph: ModelGraph, needs: Needs | None, cache: dict | None = None):
+        self._base(graph, cache if cache is not None else {})
         self.wanted = None if needs is None else {self.index[o] for o in needs.ops if o in self.index}
         self.fwd_taps: dict[int, list[Tap]] = {}
         self.bwd_taps: dict[int, list[Tap]] = {}
@@ -404,6 +428,24 @@ class _Recorder(Recorder):
         self.slots: list[Slot] = []  # the instrumented modules' slots pointing here, let go by close()
         self.stop_after: int | None = None  # a forward-only pass ends once this many taps are read
         self.emulated: LowPrecisionProducts | None = None  # the pass's dispatch mode, left out of the reductions
+
+    def _base(self, graph: ModelGraph, cache: dict) -> None:
+        """:meth:`Recorder.__init__`, its tables of the graph (names, index, ops without a backward, aliases)
+        made once per graph and program (``cache``) and shared by the program's passes, which only read them;
+        every other attribute fresh. Where Recorder comes to set attributes this does not know, its own
+        ``__init__`` every time."""
+        key = ("probe-recorder", id(graph))
+        kept = cache.get(key)
+        if kept is None or kept[0] is not graph:
+            super().__init__(graph)
+            tables = {k: v for k, v in vars(self).items() if k in _TABLES}
+            cache[key] = (graph, tables if set(vars(self)) == _TABLES | _FRESH else None)
+            return
+        if kept[1] is None:
+            super().__init__(graph)
+            return
+        self.__dict__.update(kept[1])
+        self.fwd, self.bwd, self.handles, self.hooked, self.fired = [], [], [], set(), set()
 
     @property
     def instrumented(self) -> set[int] | None:
@@ -536,7 +578,7 @@ def run_pass(runnable: Runnable, needs: Needs | None, device: torch.device, seed
                 continue
         return dataclasses.replace(evidence, taps=taps)
     graph = runnable.graph
-    rec = _Recorder(graph, needs)
+    rec = _Recorder(graph, needs, runnable.program.cache if runnable.program is not None else runnable.cache)
     if needs is not None and needs.empty:
         return Evidence()
     # forward taps only (the autocast pass, or extra passes that read values): no backward, and the forward
@@ -587,11 +629,11 @@ def _run(runnable: Runnable, graph: ModelGraph, rec: _Recorder, dev: torch.devic
         if runnable.capture is Capture.FX:
             model.train()
         if runnable.interpretable():
-            plain = runnable.plain()
-            module, slot = runnable.interpreter(copy.deepcopy(plain).to(dev) if moved and not runnable.lifted
-                                                else plain)
+            root = runnable.root()
+            module, slot = runnable.interpreter(copy.deepcopy(root).to(dev) if moved and not runnable.lifted
+                                                else root)
             call = module.run
-            if runnable.capture is Capture.FX:
+            if runnable.capture is Capture.FX and module.module is not model:
                 module.module.train()
         else:
             module, slot = runnable.instrumented()
@@ -764,9 +806,17 @@ class _Interpreted(torch.fx.Interpreter):
     """The graph run node by node, the slot called on every op's value (its result what the users read): the
     instrumented module's behaviour without generating its code, for the first passes of a program."""
 
-    def __init__(self, module: torch.fx.GraphModule, slots: dict[str, int], slot: "_Slot"):
-        super().__init__(module)
+    def __init__(self, module: nn.Module, slots: dict[str, int], slot: "_Slot", graph: torch.fx.Graph | None = None):
+        super().__init__(module, graph=graph)
         self.slots, self.slot = slots, slot
+        # the constants torch.fx stowed at trace time, kept off the model (see initlint.capture.fx.trace)
+        self.constants = {n.target: n.meta[CONSTANT] for n in self.graph.nodes
+                          if n.op == "get_attr" and CONSTANT in n.meta}
+
+    def fetch_attr(self, target: str) -> Any:
+        if target in self.constants:
+            return self.constants[target]
+        return super().fetch_attr(target)
 
     def run_node(self, n: torch.fx.Node) -> Any:
         value = super().run_node(n)
@@ -834,6 +884,8 @@ class _Interpreted(torch.fx.Interpreter):
     def _attr(self, target: str, atoms: tuple[str, ...]) -> Any:
         """:meth:`fetch_attr` (one ``getattr`` an atom where it checks with ``hasattr`` first; its error where
         one is missing)."""
+        if target in self.constants:
+            return self.constants[target]
         value = self.module
         try:
             for atom in atoms:
