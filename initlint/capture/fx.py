@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import dis
 import inspect
+import math
 import sys
 from typing import Any
 
@@ -76,14 +77,17 @@ _ATOMS = frozenset({str, int, float, bool, complex, type(None), type(...), torch
 
 
 class Tracer(torch.fx.Tracer):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, autowrap_modules=(math,), autowrap_functions=(), param_shapes_constant=False):
+        # The modules whose functions torch.fx wraps at the start of every trace (``math``) are wrapped here
+        # instead, by wrappers made once per process (see trace); ``_autowrap_function_ids`` lists their functions
+        # (torch.fx lists them anew for each tracer), for the ``from math import sqrt`` that torch.fx still finds
+        # in the globals of the code it traces.
+        super().__init__((), autowrap_functions, param_shapes_constant)
+        self._wrap_modules = tuple(autowrap_modules)
+        for module in self._wrap_modules:
+            self._autowrap_function_ids.update(map(id, _wrappers(module)[0].values()))
         self._frames: dict = {}  # code object -> what it is, for user_frame: one classification per trace
         self._instructions: dict = {}  # code object -> its instructions and their offsets, for _iter
-        # The modules whose functions torch.fx wraps at the start of every trace (``math``): wrapped here instead,
-        # by wrappers made once per process (see trace). ``_autowrap_function_ids`` keeps their functions, for
-        # the ``from math import sqrt`` that torch.fx still finds in the globals of the code it traces.
-        self._wrap_modules, self._autowrap_search = tuple(self._autowrap_search), []
 
     def trace(self, root, concrete_args=None):
         """torch.fx's trace, with ``math.sqrt`` and the other functions of the autowrapped modules swapped for
@@ -95,14 +99,14 @@ class Tracer(torch.fx.Tracer):
         try:
             for module in self._wrap_modules:
                 table = vars(module)
-                for name, (fn, wrapper) in _wrappers(module, self._autowrap_function_ids).items():
-                    if table.get(name) is fn:
-                        table[name] = wrapper
-                        patched.append((table, name, fn))
+                originals, wrappers = _wrappers(module)
+                swap = [name for name, fn in originals.items() if table.get(name) is fn]
+                patched.append((table, {name: originals[name] for name in swap}))
+                table.update({name: wrappers[name] for name in swap})
             return super().trace(root, concrete_args)
         finally:
-            for table, name, fn in reversed(patched):
-                table[name] = fn
+            for table, back in reversed(patched):
+                table.update(back)
 
     def proxy(self, node: torch.fx.Node) -> torch.fx.Proxy:
         return _Proxy(node, self)
@@ -133,26 +137,27 @@ class Tracer(torch.fx.Tracer):
         return proxy
 
 
-_WRAPPERS: dict[str, dict[str, tuple[Any, Any]]] = {}  # module name -> function name -> (function, its wrapper)
+# module name -> (function name -> function, function name -> its wrapper)
+_WRAPPERS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
 
 
-def _wrappers(module: Any, ids: set[int]) -> dict[str, tuple[Any, Any]]:
-    """torch.fx's wrapper of each public function of ``module`` that ``ids`` lists, made on first use: what
-    ``torch.fx``'s autowrap puts in the module's namespace at each trace (a function already patched by a trace
-    in progress is left to torch.fx)."""
+def _wrappers(module: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """torch.fx's wrapper of each public function of ``module``, made on first use: what ``torch.fx``'s autowrap
+    puts in the module's namespace at each trace (a function already patched by a trace in progress is left to
+    torch.fx). The functions, and their wrappers, by name."""
     found = _WRAPPERS.get(module.__name__)
     if found is None:
         from torch.fx._symbolic_trace import _create_wrapped_func
 
-        found, complete = {}, True
+        found, complete = ({}, {}), True
         for name, value in list(vars(module).items()):
-            if not name.startswith("_") and callable(value) and id(value) in ids:
+            if not name.startswith("_") and callable(value):
                 if getattr(value, "__fx_already_patched", False):
                     complete = False  # not the function itself: made again by the next trace
                     continue
                 wrapper = _create_wrapped_func(value)
                 wrapper.__fx_already_patched = True  # as torch.fx marks its patches: not wrapped twice
-                found[name] = (value, wrapper)
+                found[0][name], found[1][name] = value, wrapper
         if complete:
             _WRAPPERS[module.__name__] = found
     return found
