@@ -29,6 +29,7 @@ estimate, or the measurement when one is given; it is listed in :attr:`Predictio
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,7 +51,8 @@ _NO_GRAD = frozenset({OpKind.COMPARE, OpKind.RANDOM, OpKind.FACTORY})
 # Ops whose transfer functions read their operands' moments and never their values on the grid. A source read
 # only by these (a conv's output feeding a norm) needs no nodes: nothing lives on its grid, so its rule is read
 # for nothing but its weights (backward's second moments of amplitudes on it, which are numbers here).
-_MOMENTS_ONLY = frozenset({OpKind.CONV, OpKind.LINEAR, OpKind.NORM})
+_MOMENTS_ONLY = frozenset({OpKind.CONV, OpKind.LINEAR, OpKind.NORM, OpKind.MATMUL, OpKind.SOFTMAX, OpKind.ATTENTION,
+                           OpKind.RECURRENT})
 _EXACT = frozenset({OpKind.INPUT, OpKind.PARAM, OpKind.OUTPUT})  # statistics read, not predicted
 
 
@@ -87,6 +89,8 @@ def predict(graph: ModelGraph, inputs: Any = None, *, model: nn.Module | None = 
         step = None if fallback and _part_of_fallback(op, fallback) else _transfer(op, ins, ctx, tensors)
         if step is None:
             fallback.append(op.name)
+            if ins and ins[0].values is None:  # an op that reads moments only fell back to its operand's values
+                ins[0] = _placed(op.inputs[0], ctx)
             step = _fallback(op, ins, (measured or {}).get(op.name))
         steps[op.name] = step
         ests[op.name] = _settle(op, step, ins, ctx, ests, op.name in read)
@@ -130,6 +134,16 @@ def _fallback(op: Op, ins: list[Est], measured: Signal | None) -> Step:
     if ins:
         return Step(values=ins[0].values, source=ins[0].source, grads=(Deriv(1.0),) + grads[1:])
     return Step(0.0, 0.0, rule=point(0.0))
+
+
+def _placed(name: str, ctx: Ctx) -> Est:
+    """The estimate of a source made without nodes (:func:`~initlint.gains.unread_gaussian`), given them now:
+    the rule its step would have had."""
+    e = ctx.ests[name]
+    rule = gaussian(e.mean, e.variance)
+    ctx.rules[e.source] = rule
+    e = ctx.ests[name] = dataclasses.replace(e, values=rule.nodes)
+    return e
 
 
 def _floating(op: Op) -> bool:

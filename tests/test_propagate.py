@@ -609,3 +609,77 @@ def test_softmax_statistics_equal_a_log_softmax_on_the_same_draws(causal):
             assert st.jacobian == pytest.approx(float((jac * jac).mean()), rel=ROUNDING)
             assert st.log_mean == pytest.approx(float(live.mean()), rel=ROUNDING)
             assert st.log_second == pytest.approx(float((live * live).mean()), rel=ROUNDING)
+
+
+def test_empirical_quantiles_by_numpy_equal_torch_sorting_and_picking():
+    from initlint.gains import DTYPE, NODES
+    from initlint.transfer import _by_numpy, _sorted
+
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 7, NODES, NODES + 1, 2 * NODES, 6144, 12345):
+        for t in ((torch.randn(n, generator=g) * 50).to(dt) for dt in (torch.float32, torch.float64, torch.int64,
+                                                                         torch.int32, torch.uint8)):
+            ref = _sorted(t)
+            if n > NODES:
+                ref = ref[((torch.arange(NODES, dtype=DTYPE) + 0.5) * n / NODES).long()]
+            got = _by_numpy(t)
+            assert got is not None and got.dtype == DTYPE and torch.equal(got, ref.to(DTYPE)), (n, t.dtype)
+    x = torch.randn(500, generator=g)
+    x[3] = float("nan")
+    assert torch.equal(_by_numpy(x).isnan(), _sorted(x)[((torch.arange(NODES) + 0.5) * 500 / NODES).long()].isnan())
+    x[5] = -0.0  # zeros: their signs' places are torch's sort's to decide
+    assert _by_numpy(x) is None
+
+
+@pytest.mark.parametrize("fn, extra", [(Activation.RELU, {}), (Activation.RELU6, {}), (Activation.HARDTANH, {}),
+                                       (Activation.HARDTANH, {"min_val": -2.0, "max_val": 0.5}),
+                                       (Activation.LEAKY_RELU, {"negative_slope": 0.2}), (Activation.PRELU, {}),
+                                       (Activation.RRELU, {}), (Activation.IDENTITY, {})])
+def test_piecewise_linear_gains_equal_the_grid_to_rounding(fn, extra):
+    import initlint.gains as G
+
+    p = ActivationParams(fn, **extra)
+    for mean in (0.0, 0.3, -1.0, 5.9, 6.0, -7.9, 12.0):
+        for variance in (0.0, 1e-6, 0.5, 1.0, 4.0, 1e4):
+            x = Moments(variance + mean * mean, mean)
+            fast = G._piecewise_gain(p, x)
+            t, w = G._standard()
+            y, d = G.activation_with_derivative(p, mean + math.sqrt(variance) * t, rounded=True)
+            e = torch.mv(torch.stack((y * y, y, d * d, d)), w).tolist()
+            scale = x.second + 37.0  # the size of y^2 on the grid: rounding noise is relative to it
+            assert fast.forward.second == pytest.approx(e[0], rel=1e-12, abs=1e-15 * scale)
+            assert fast.forward.mean == pytest.approx(e[1], rel=1e-12, abs=1e-15 * math.sqrt(scale))
+            assert (fast.backward, fast.slope) == pytest.approx((e[2], e[3]), rel=1e-12, abs=1e-15)
+    assert G._piecewise_gain(p, Moments(float("nan"), 0.0)) is None
+    assert G._piecewise_gain(ActivationParams(Activation.GELU), Moments(1.0)) is None
+
+
+def _nodeless_and_full(graph, monkeypatch):
+    import initlint.propagate as P
+
+    fast = P.predict(graph).signals
+    monkeypatch.setattr(P, "_MOMENTS_ONLY", frozenset())
+    return fast, P.predict(graph).signals
+
+
+def test_sources_no_consumer_reads_get_no_nodes_and_the_same_predictions(monkeypatch):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3),
+                          nn.Flatten(), nn.Linear(8 * 36, 16), nn.Linear(16, 4), nn.Tanh())
+    fast, full = _nodeless_and_full(capture(from_instance(model, torch.randn(2, 3, 8, 8))), monkeypatch)
+    assert fast == full
+
+
+def test_an_op_that_falls_back_on_a_source_without_nodes_gives_it_its_nodes(monkeypatch):
+    from initlint.graph import ModelGraph
+    from initlint.ops import Capture, LinearParams, Op, WeightStats
+
+    w = WeightStats.of("a.weight", torch.randn(16, 16, generator=torch.Generator().manual_seed(0)) / 4, 16, 16)
+    ops = [Op("x", OpKind.INPUT, "input", shape=(4, 16)),
+           Op("a", OpKind.LINEAR, "nn.Linear", ("x",), params=LinearParams(16, 16, False), weight=w, shape=(4, 16)),
+           Op("b", OpKind.LINEAR, "nn.Linear", ("a",), params=LinearParams(16, 16, False), shape=(4, 16)),  # no weight
+           Op("c", OpKind.ACTIVATION, "nn.ReLU", ("b",), params=ActivationParams(Activation.RELU), shape=(4, 16)),
+           Op("output", OpKind.OUTPUT, "output", ("c",))]
+    graph = ModelGraph.build("m", Capture.FX, ops)
+    fast, full = _nodeless_and_full(graph, monkeypatch)
+    assert fast == full and fast["c"].forward.second > 0
