@@ -121,7 +121,13 @@ def _copy_items(x: dict, y: dict, memo: dict) -> None:
     for k, v in x.items():
         if type(k) not in atomic:
             k = _deepcopy(k, memo)
-        y[k] = v if type(v) in atomic else _deepcopy(v, memo)
+        cls = type(v)
+        if cls in atomic:
+            y[k] = v
+        elif (cls is OrderedDict or cls is dict) and not v and id(v) not in memo:  # a module's empty hook dicts
+            y[k] = memo[id(v)] = cls()
+        else:
+            y[k] = _deepcopy(v, memo)
 
 
 def _unshare(model: nn.Module, p: torch.Tensor, new: torch.Tensor | None = None) -> torch.Tensor:
