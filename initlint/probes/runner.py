@@ -52,7 +52,7 @@ from ..capture.program import Program
 from ..graph import ModelGraph, Signal
 from ..inputs import ExampleInputs
 from ..measure import (
-    LOSS_SEED, Recorder, _moments, Slot, device_of, first_tensor, gradient_leaves, loss_targets, prepare_input, quiet,
+    LOSS_SEED, Recorder, Slot, _moments, device_of, first_tensor, gradient_leaves, loss_targets, prepare_input, quiet,
     seed_device, surrogate_loss, unlifted,
 )
 from ..ops import Capture, OpKind
