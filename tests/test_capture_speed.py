@@ -37,6 +37,16 @@ def test_math_on_proxies_is_traced_and_math_is_left_as_it_was():
     assert sqrt is math.sqrt
 
 
+def test_without_torch_fx_wrapper_maker_math_is_wrapped_by_torch_fx(monkeypatch):
+    # a torch whose torch.fx lacks the private helper: torch.fx's own autowrap, at every trace
+    monkeypatch.setattr(fx_mod, "_create_wrapped_func", None)
+    before = dict(vars(math))
+    graph = _trace(MathNet(), torch.randn(2, 4))
+    targets = [n.target for n in graph.nodes if n.op == "call_function"]
+    assert targets.count(math.sqrt) == 2 and math.floor in targets
+    assert vars(math) == before
+
+
 def test_math_wrappers_are_restored_when_the_trace_fails():
     class Broken(nn.Module):
         def forward(self, x):

@@ -82,7 +82,11 @@ class Tracer(torch.fx.Tracer):
         # instead, by wrappers made once per process (see trace); ``_autowrap_function_ids`` lists their functions
         # (torch.fx lists them anew for each tracer), for the ``from math import sqrt`` that torch.fx still finds
         # in the globals of the code it traces.
-        super().__init__((), autowrap_functions, param_shapes_constant)
+        if _create_wrapped_func is None:  # a torch.fx without the private helper: its own autowrap, per trace
+            super().__init__(autowrap_modules, autowrap_functions, param_shapes_constant)
+            autowrap_modules = ()
+        else:
+            super().__init__((), autowrap_functions, param_shapes_constant)
         self._wrap_modules = tuple(autowrap_modules)
         for module in self._wrap_modules:
             self._autowrap_function_ids.update(map(id, _wrappers(module)[0].values()))
@@ -137,6 +141,11 @@ class Tracer(torch.fx.Tracer):
         return proxy
 
 
+try:  # torch.fx's wrapper maker (private; present since torch 1.8): without it, torch.fx wraps math per trace
+    from torch.fx._symbolic_trace import _create_wrapped_func
+except ImportError:  # pragma: no cover - a future torch
+    _create_wrapped_func = None
+
 # module name -> (function name -> function, function name -> its wrapper)
 _WRAPPERS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
 
@@ -147,8 +156,6 @@ def _wrappers(module: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     torch.fx). The functions, and their wrappers, by name."""
     found = _WRAPPERS.get(module.__name__)
     if found is None:
-        from torch.fx._symbolic_trace import _create_wrapped_func
-
         found, complete = ({}, {}), True
         for name, value in list(vars(module).items()):
             if not name.startswith("_") and callable(value):
