@@ -803,8 +803,9 @@ def _insert_slots(g: torch.fx.Graph, graph: ModelGraph, slot: Any, prefix: str, 
 
 
 class _Interpreted(torch.fx.Interpreter):
-    """The graph run node by node, the slot called on every op's value (its result what the users read): the
-    instrumented module's behaviour without generating its code, for the first passes of a program."""
+    """The graph run node by node over a root module (fx: the model itself), the slot called on the value of
+    every op the pass's recorder reads or a scale edits (its result what the users read): the instrumented
+    module's behaviour without generating its code, for the first passes of a program."""
 
     def __init__(self, module: nn.Module, slots: dict[str, int], slot: "_Slot", graph: torch.fx.Graph | None = None):
         super().__init__(module, graph=graph)
