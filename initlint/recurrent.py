@@ -3,7 +3,8 @@
 Each step sees the input's contribution ``input_size * E[W_ih^2] * q`` plus the previous state scaled by the
 recurrent gain: ``rho^2`` for RNNs, with ``rho`` the spectral radius of ``W_hh`` (it is what sets growth over
 many steps), else ``hidden * E[W_hh^2]``. Gates are sigmoids of a Gaussian of the pre-activation variance,
-so their moments come from :func:`initlint.gains.gate_gains`. Backward runs the same recursion in
+so their moments come from :func:`initlint.gains.gate_gains` (an LSTM step reads them off
+:func:`~initlint.gains.tanh_moments` itself). Backward runs the same recursion in
 reverse through time. Biases are taken to be drawn like ``W_hh`` (PyTorch's default init); the statistics of
 ``W_ih`` of layers above the first are taken to be those of the first.
 
@@ -59,7 +60,7 @@ def _layer_forward(mode: RecurrentMode, x_in: float, x_unit: float, bias: float,
             # gate_gains and tanh_gain's numbers, read off their moments without the records: a step's own
             # arithmetic is what it costs here
             e = tanh_moments(max(pre, 0.0), True)
-            sg2, sg_back, sg_slope = 0.25 * (1.0 + e[0]), e[4] / 16.0, e[2] / 4.0  # sigmoid; its mean is 1/2
+            sg2, sg_back = 0.25 * (1.0 + e[0]), e[4] / 16.0  # the sigmoid's; its mean is 1/2
             th2, th_back, th_slope = e[1], e[5], e[3]
             u_g = th_slope**2 * steady
             c_prev = c
