@@ -158,19 +158,19 @@ def _range(graph: ModelGraph, op: Op) -> _Range | None:
         x = graph.signal(op.inputs[0]).forward
         over, small, zero, tiny, huge = _activation_fractions(op.params, x.mean, x.variance)
     else:
-        if std > _SPREAD * FP16_TINY and s.mean * s.mean + std * std < _SECOND:
+        if std * _PEAK_SPREAD * MOST > FP16_TINY and s.mean * s.mean + std * std < 0.5 * OVERFLOW * FP16_MAX**2:
             return None  # neither overflow nor most values subnormal, by the bounds below: nothing to report
         over, huge = _beyond(s.mean, std, FP16_MAX), _beyond(s.mean, std, BF16_MAX)
         small, zero, tiny = (_within(s.mean, std, t) for t in (FP16_TINY, FP16_ZERO, BF16_TINY))
     return _Range(op, std, over, small, zero, huge < OVERFLOW and tiny < MOST)
 
 
-# A Gaussian tensor's range is only reported when one in a million values overflows or half are subnormal. Its
+# A Gaussian tensor's range is only reported when OVERFLOW of its values overflow or MOST are subnormal. Its
 # fraction beyond FP16_MAX is at most E[x^2] / FP16_MAX^2 (Markov), under OVERFLOW / 2 for a second moment under
-# _SECOND; its fraction within FP16_TINY of 0 at most 2 FP16_TINY / (std sqrt(2 pi)) (the density's peak), 0.1 for
-# a std over _SPREAD FP16_TINY, under MOST. Such a tensor (most of them) needs no erfc.
-_SECOND = 0.5 * OVERFLOW * FP16_MAX**2
-_SPREAD = 8.0
+# OVERFLOW FP16_MAX^2 / 2; its fraction within FP16_TINY of 0 at most 2 FP16_TINY / (std sqrt(2 pi)) (the
+# density's peak), under MOST / 2 for a std over FP16_TINY / (_PEAK_SPREAD MOST). Such a tensor (most of them)
+# needs no erfc. The bounds read the thresholds at each call (a test may move them).
+_PEAK_SPREAD = math.sqrt(2 * math.pi) / 4
 
 
 def _activation_fractions(params: ActivationParams, mean: float, variance: float) -> tuple[float, ...]:

@@ -30,9 +30,9 @@ _BOUNDED = frozenset({Activation.TANH, Activation.SIGMOID, Activation.HARDTANH, 
 _TO_GATE = frozenset({OpKind.SCALE, OpKind.PASSTHROUGH, OpKind.MATH})
 _ELEMENTWISE = frozenset({OpKind.SCALE, OpKind.MATH, OpKind.ADD, OpKind.SUB, OpKind.MUL, OpKind.ACTIVATION})
 _LAYER_TAIL = frozenset({OpKind.PASSTHROUGH, OpKind.DROPOUT})
-# Inputs whose second moment is under this fraction of the unsaturated radius squared have under WARN_FRACTION
-# of the grid's weight beyond the radius (Markov's bound, with room for the grid's rounding).
-_CALM = 0.4
+# Inputs whose second moment is under this share of WARN_FRACTION times the unsaturated radius squared have under
+# WARN_FRACTION of the grid's weight beyond the radius (Markov's bound, with room for the grid's rounding).
+_CALM = 0.8
 
 
 @rule("IL302", "saturated-activation", applies_to={OpKind.ACTIVATION}, severity=Severity.WARNING,
@@ -100,7 +100,7 @@ def saturated_activation(op: Op, graph: ModelGraph) -> Issue | None:
     # beyond the radius is at most its second moment over the radius squared (Markov; the grid's second moment
     # is mean^2 + std^2 to 1e-13): under 0.4 of it, half is out of reach without building the grid.
     radius = _unsaturated_radius(p)
-    if radius > 0 and mean * mean + std * std < _CALM * radius * radius:
+    if radius > 0 and mean * mean + std * std < _CALM * WARN_FRACTION * radius * radius:
         return None
     if _self_gated(graph, op):
         return None

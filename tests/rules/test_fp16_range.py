@@ -210,16 +210,18 @@ def test_relu_fractions_read_off_the_sorted_nodes_agree_with_the_reductions():
 
 
 def test_plainly_in_range_bounds_hold():
-    """The tensors IL301 skips without erfc (second moment under _SECOND, std over _SPREAD FP16_TINY) are those
-    whose overflow fraction is under OVERFLOW and subnormal fraction under MOST, as computed."""
+    """The tensors IL301 skips without erfc (second moment under OVERFLOW FP16_MAX^2 / 2, std over
+    FP16_TINY / (_PEAK_SPREAD MOST)) are those whose overflow fraction is under OVERFLOW and subnormal fraction
+    under MOST, as computed."""
     import importlib
     import math
 
     m = importlib.import_module("initlint.rules.fp16_range")
-    for std in (m._SPREAD * m.FP16_TINY * 1.0001, 1e-3, 1.0, 40.0, math.sqrt(m._SECOND) * 0.9999):
+    second = 0.5 * m.OVERFLOW * m.FP16_MAX**2
+    for std in (m.FP16_TINY / (m._PEAK_SPREAD * m.MOST) * 1.0001, 1e-3, 1.0, 40.0, math.sqrt(second) * 0.9999):
         for frac in (0.0, 0.3, 0.7, 0.999):
-            mean = math.sqrt(max(m._SECOND - std * std, 0.0)) * frac
-            if mean * mean + std * std >= m._SECOND:
+            mean = math.sqrt(max(second - std * std, 0.0)) * frac
+            if mean * mean + std * std >= second:
                 continue
             assert m._beyond(mean, std, m.FP16_MAX) < m.OVERFLOW, (mean, std)
             assert m._within(mean, std, m.FP16_TINY) < m.MOST, (mean, std)
