@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import gc
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,25 +58,26 @@ def lint_one(target: nn.Module | str, example_inputs: Any, rules: Sequence[Rule]
         else:
             loaded = load_mod.from_instance(target, example_inputs, opts.input_shapes, opts.input_dtypes)
         measured = program = None
-        if opts.signals or opts.probe:
-            from .capture import capture_program
+        with collector_paused():
+            if opts.signals or opts.probe:
+                from .capture import capture_program
 
-            graph, program = capture_program(loaded, opts.capture)
-            if opts.signals:
-                from .measure import measure
+                graph, program = capture_program(loaded, opts.capture)
+                if opts.signals:
+                    from .measure import measure
 
-                measured = measure(graph, program, opts.device)
-        else:
-            graph = capture(loaded, opts.capture)
-        skipped: tuple[str, ...] = ()
-        if not graph.has_weight_values:  # a model on `meta`: only the structural rules can speak
-            skipped = tuple(r.code for r in rules if r.needs_weights)
-            rules = [r for r in rules if not r.needs_weights]
-        if measured is not None or any(r.needs_signals for r in rules):
-            from .propagate import propagate
+                    measured = measure(graph, program, opts.device)
+            else:
+                graph = capture(loaded, opts.capture)
+            skipped: tuple[str, ...] = ()
+            if not graph.has_weight_values:  # a model on `meta`: only the structural rules can speak
+                skipped = tuple(r.code for r in rules if r.needs_weights)
+                rules = [r for r in rules if not r.needs_weights]
+            if measured is not None or any(r.needs_signals for r in rules):
+                from .propagate import propagate
 
-            graph = propagate(graph, loaded.inputs, model=loaded.model, measured=measured)
-        findings, failures = check(graph, rules)
+                graph = propagate(graph, loaded.inputs, model=loaded.model, measured=measured)
+            findings, failures = check(graph, rules)
         if opts.probe and findings:
             from .probe import ProbeOptions, probe
 
@@ -93,6 +96,23 @@ def lint_one(target: nn.Module | str, example_inputs: Any, rules: Sequence[Rule]
         label, loaded.name, graph.capture.value, len(graph), graph.unknown, graph.notes, tuple(findings),
         error, graph, measured=measured, skipped=skipped,
     )
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused for the static stages, as mypy raises its thresholds: a lint
+    keeps every op, estimate and grid of the model alive to its end, so each full collection during it walks
+    them all again, for nothing (a lint's own cycles, the fx graph's linked nodes, wait for the next
+    collection after it). It made the rules of a 1000-block MLP take twice as long per op as a 100-block one's
+    (0.21 s against 0.10 s without). Left alone where the caller has paused it."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _bug(text: str) -> TargetError:

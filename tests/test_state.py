@@ -178,3 +178,33 @@ def test_numpy_generator_is_left_alone_until_imported(monkeypatch):
     monkeypatch.delitem(sys.modules, "numpy.random", raising=False)
     assert state._numpy_state() is None
     assert "numpy.random" not in sys.modules
+
+
+def test_garbage_collector_is_left_as_it_was():
+    """The static stages pause Python's cyclic collector (initlint.api.collector_paused) and resume it after,
+    also when the lint fails; a collector the caller paused stays paused."""
+    import gc
+
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("boom")
+
+    seen = []
+
+    class Spy(nn.Module):
+        def forward(self, x):
+            seen.append(gc.isenabled())
+            return x * 2
+
+    assert gc.isenabled()
+    lint(Spy(), torch.randn(2, 3))
+    assert seen and not any(seen)  # paused while the model ran under capture
+    assert gc.isenabled()
+    report = lint(Broken(), torch.randn(2, 3))
+    assert report.targets[0].error is not None and gc.isenabled()
+    gc.disable()
+    try:
+        lint(Net(), torch.randn(2, 3, 8, 8))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
