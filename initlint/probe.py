@@ -304,7 +304,10 @@ def fix(model: nn.Module, report, example_inputs=None) -> nn.Module:
     repairs.forget(twin)
     if not edits:
         return twin
-    graph, program = capture_program(from_instance(twin, example_inputs))
+    # the user's model captured (left as it was), its graph bound to the copy: a repair that changes a call's
+    # arguments with its weight's shape (IL103 on F.conv_transpose2d) leaves a copy whose own forward, unedited,
+    # does not run
+    graph, program = capture_program(from_instance(model, example_inputs))
     if program.capture is Capture.HOOKS:
         raise UsageError("the fixes insert scales in forward, which needs a model torch.fx or torch.export can capture",
                          help="apply those fixes by hand, as the findings' fix code shows")

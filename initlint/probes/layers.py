@@ -20,7 +20,8 @@ from ..graph import ModelGraph
 from ..ops import ConvParams, LinearParams, Op
 from ..patterns import nonlinearity_after, normalized_after
 from . import repairs
-from .records import Context, Edit, Measurement, Needs, Unrepairable, finding_op, finite, judge, ratio
+from .records import (Context, Edit, Measurement, Needs, SetArgument, Unrepairable, finding_op, finite, judge,
+                      ratio)
 
 # IL102: the layer's forward gain 2x or more below what its init intends, IL102's MIN_FACTOR.
 DEPTHWISE = 2.0
@@ -98,28 +99,39 @@ def _per_dim(values, dims: int) -> tuple[int, ...]:
     return values if len(values) == dims else values * dims
 
 
-def phase_moments(module: nn.Module, p: ConvParams, seed: int, outputs: int = PHASE_OUTPUTS) -> list[float]:
-    """Second moment of ``module``'s output per output phase (position mod stride, in every dimension), on seeded
-    unit Gaussian input, without bias, away from the borders (every phase read as a strided view, no copy), over
-    about ``outputs`` outputs per phase (up to PHASE_SAMPLES samples)."""
+def phase_moments(layer: nn.Module, p: ConvParams, seed: int, outputs: int = PHASE_OUTPUTS) -> list[float]:
+    """Second moment of the transposed conv's output per output phase (position mod stride, in every dimension),
+    on seeded unit Gaussian input, without bias, away from the borders (every phase read as a strided view, no
+    copy), over about ``outputs`` outputs per phase (up to PHASE_SAMPLES samples). ``layer``: the
+    ``nn.ConvTranspose`` module, or the weight of a functional ``F.conv_transpose*`` call, which runs with
+    ``p``'s stride, dilation and groups (its padding only moves the borders, which are cut off). The kernel's
+    extent is the weight's own: a repair may have swapped it."""
     dims = p.dims
     stride = _per_dim(p.stride, dims)
-    extent = [d * (k - 1) + 1 for k, d in zip(p.kernel_size, _per_dim(p.dilation, dims))]
-    pads = _per_dim(p.padding, dims)
+    if isinstance(layer, nn.Module):
+        named = dict(layer.named_parameters())
+        zeros = {n: torch.zeros_like(t) for n, t in named.items() if n.endswith("bias")}
+        weight = next((t for n, t in named.items() if n.endswith("weight")), None)
+        pads = _per_dim(layer.padding, dims)
+        kernel = tuple(weight.shape[2:]) if weight is not None else tuple(p.kernel_size)
+
+        def run(x):
+            return torch.func.functional_call(layer, zeros, (x,))
+    else:
+        weight, pads, kernel = layer, (0,) * dims, tuple(layer.shape[2:])
+        conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[dims]
+
+        def run(x):
+            return conv(x, weight, None, stride=p.stride, groups=p.groups, dilation=p.dilation)
+    extent = [d * (k - 1) + 1 for k, d in zip(kernel, _per_dim(p.dilation, dims))]
     # output size per dimension without output padding (only the border it adds, which is cut off anyway)
     size = [(PHASE_SIZE - 1) * s - 2 * pd + e for s, pd, e in zip(stride, pads, extent)]
     per_sample = p.out_channels * math.prod(max(n - 2 * m, 0) / s for n, m, s in zip(size, extent, stride))
     samples = max(1, min(PHASE_SAMPLES, math.ceil(outputs / max(per_sample, 1.0))))
     x = torch.randn((samples, p.in_channels, *([PHASE_SIZE] * dims)), generator=_generator(seed))
-    # a phase pattern is in the weights: measured without the bias (zeros in its place for this call only)
-    named = dict(module.named_parameters())
-    zeros = {n: torch.zeros_like(t) for n, t in named.items() if n.endswith("bias")}
-    weight = next((t for n, t in named.items() if n.endswith("weight")), None)
     device = weight.device if weight is not None else torch.device("cpu")
     with torch.no_grad():
-        y = torch.func.functional_call(module, zeros, (x.to(device, weight.dtype if weight is not None
-                                                            else torch.float32),))
-        y = y.double().cpu()
+        y = run(x.to(device, weight.dtype if weight is not None else torch.float32)).double().cpu()
     sums = []
     for phase in itertools.product(*(range(s) for s in stride)):
         sub = y
@@ -132,15 +144,33 @@ def phase_moments(module: nn.Module, p: ConvParams, seed: int, outputs: int = PH
     return sums
 
 
+def _layer(model: nn.Module, op: Op) -> nn.Module | torch.Tensor:
+    """What :func:`phase_moments` runs for ``op``: its ``nn.ConvTranspose`` module, or the weight of a functional
+    call."""
+    if op.module:
+        module = repairs.submodule(model, op.module)
+        if isinstance(module, _TRANSPOSED):
+            return module
+    if op.weight is None:
+        raise Unrepairable(f"`{op.module or op.name}` has no weight parameter to measure")
+    return repairs.parameter(model, op.weight.name)
+
+
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
 def checkerboard_measure(ctx: Context, finding: Finding) -> Measurement:
     op = finding_op(ctx.graph, finding)
     p = _conv_params(op)
-    module = repairs.submodule(ctx.model, op.module)
-    moments = phase_moments(module, p, ctx.seed, PHASE_OUTPUTS // FIRST_LOOK)
+    try:
+        layer = _layer(ctx.model, op)
+    except Unrepairable:
+        return ctx.missing(f"the weight of `{op.module or op.name}`")
+    moments = phase_moments(layer, p, ctx.seed, PHASE_OUTPUTS // FIRST_LOOK)
     if moments and all(math.isfinite(m) for m in moments) and min(moments) > 0:
         first = max(moments) / min(moments)
         if NO_CHECKERBOARD / CLEAR <= first < CHECKERBOARD * CLEAR:
-            moments = phase_moments(module, p, ctx.seed)
+            moments = phase_moments(layer, p, ctx.seed)
     if not moments or not all(math.isfinite(m) for m in moments):
         return ctx.missing(f"the phases of `{op.module or op.name}`")
     low, high = min(moments), max(moments)
@@ -175,31 +205,68 @@ def _same_size(k: int, s: int, pad: int, out_pad: int, d: int) -> tuple[int, int
 
 
 def checkerboard_repair(model, finding: Finding, graph: ModelGraph) -> tuple[Edit, ...]:
-    """Swap the kernel for one that is a multiple of the stride, with the same output size."""
+    """Swap the kernel for one that is a multiple of the stride, with the same output size: a new
+    ``nn.ConvTranspose`` module, or for a functional ``F.conv_transpose*`` call a new weight and the call's
+    padding and output padding changed to keep its output size."""
     op = finding_op(graph, finding)
     p = _conv_params(op)
-    old = repairs.submodule(model, op.module)
-    if not isinstance(old, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-        raise Unrepairable(f"`{op.module or op.name}` is not an nn.ConvTranspose module")
+    old = repairs.submodule(model, op.module) if op.module else None
+    if not isinstance(old, _TRANSPOSED):
+        return _functional_checkerboard_repair(model, op, p)
     dims = p.dims
     pads = old.padding if isinstance(old.padding, tuple) else (old.padding,) * dims
-    new = [_same_size(k, s, pd, o, d) for k, s, pd, o, d in
-           zip(old.kernel_size, old.stride, pads, old.output_padding, old.dilation)]
-    if any(n is None for n in new):
-        raise Unrepairable("no kernel that is a multiple of the stride keeps this layer's output size")
-    kernel, padding, output_padding = (tuple(n[i] for n in new) for i in range(3))
+    kernel, padding, output_padding = _kernel_multiple_of_stride(
+        old.kernel_size, old.stride, pads, old.output_padding, old.dilation)
     swapped = type(old)(old.in_channels, old.out_channels, kernel, stride=old.stride, padding=padding,
                         output_padding=output_padding, groups=old.groups, bias=old.bias is not None,
                         dilation=old.dilation).to(old.weight.device, old.weight.dtype)
-    # the old weight's scale, spread over the new kernel's taps: the same output variance on average
-    std = float(old.weight.detach().float().pow(2).mean().sqrt()) * math.sqrt(
-        math.prod(old.kernel_size) / math.prod(kernel))
-    repairs.reinit_normal(swapped, "weight", std)
+    repairs.reinit_normal(swapped, "weight", _spread_std(old.weight, kernel))
     if old.bias is not None:
         with torch.no_grad():
             swapped.bias.copy_(old.bias)
     repairs.replace(model, op.module, swapped)
     return ()
+
+
+def _kernel_multiple_of_stride(kernel_size, stride, padding, output_padding, dilation):
+    new = [_same_size(k, s, pd, o, d) for k, s, pd, o, d in zip(kernel_size, stride, padding, output_padding,
+                                                                  dilation)]
+    if any(n is None for n in new):
+        raise Unrepairable("no kernel that is a multiple of the stride keeps this layer's output size")
+    return tuple(tuple(n[i] for n in new) for i in range(3))
+
+
+def _spread_std(weight: torch.Tensor, kernel: tuple[int, ...]) -> float:
+    """The old weight's scale, spread over the new kernel's taps: the same output variance on average."""
+    return float(weight.detach().float().pow(2).mean().sqrt()) * math.sqrt(
+        math.prod(weight.shape[2:]) / math.prod(kernel))
+
+
+# Where F.conv_transpose*d and aten.conv_transpose*d take padding and output padding by position
+_POSITIONS = {"padding": 4, "output_padding": 5}
+
+
+def _functional_checkerboard_repair(model, op: Op, p: ConvParams) -> tuple[Edit, ...]:
+    """A functional ``F.conv_transpose*(x, w, ..., stride, padding, output_padding)``: ``w`` swapped for a
+    seeded normal weight of a kernel that is a multiple of the stride and the old weight's scale spread over
+    its taps, and the call's padding and output padding edited (in the captured graph the probes run) to keep
+    the output size."""
+    if op.weight is None or isinstance(p.padding, str):
+        raise Unrepairable(f"`{op.module or op.name}` has no weight parameter and numeric padding to repair")
+    old = repairs.parameter(model, op.weight.name)
+    dims = p.dims
+    if old.dim() != dims + 2:
+        raise Unrepairable(f"`{op.weight.name}` is not a transposed convolution's weight")
+    per = [_per_dim(v, dims) for v in (p.kernel_size, p.stride, p.padding, p.output_padding, p.dilation)]
+    kernel, padding, output_padding = _kernel_multiple_of_stride(*per)
+    shape = (*old.shape[:2], *kernel)
+    repairs.swap_parameter(model, op.weight.name, torch.zeros(shape, dtype=old.dtype, device=old.device))
+    repairs.reinit_normal(model, op.weight.name, _spread_std(old, kernel))
+    edits = []
+    for name, new, was in (("padding", padding, per[2]), ("output_padding", output_padding, per[3])):
+        if tuple(new) != tuple(was):
+            edits.append(SetArgument(op.name, name, list(new), _POSITIONS[name]))
+    return tuple(edits)
 
 
 # -- IL106 symmetric-init ----------------------------------------------------------------------------------

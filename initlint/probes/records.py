@@ -105,11 +105,13 @@ class ScaleAfter:
 @dataclass(frozen=True)
 class SetArgument:
     """A structural edit: call ``op`` with keyword argument ``name`` set to ``value`` (e.g. the ``scale`` of
-    ``F.scaled_dot_product_attention``)."""
+    ``F.scaled_dot_product_attention``), or where the call passes it by position, ``position``, the argument
+    there (``F.conv_transpose2d``'s padding is its fifth, and an exported graph passes every argument so)."""
 
     op: str
     name: str
     value: Any
+    position: int | None = None
 
 
 Edit = ScaleAfter | SetArgument

@@ -148,6 +148,17 @@ def writable(model: nn.Module, name: str) -> torch.Tensor:
     return _unshare(model, parameter(model, name))
 
 
+def swap_parameter(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Put a new parameter holding ``value`` (a new shape, say) where ``model`` holds the parameter ``name``:
+    everywhere a twin holds it, tied uses staying tied."""
+    old = parameter(model, name)
+    new = nn.Parameter(value, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else value
+    if _unshare(model, old, new) is new:
+        return
+    owner, _, leaf = name.rpartition(".")
+    setattr(submodule(model, owner), leaf, new)
+
+
 def own(model: nn.Module, module: nn.Module) -> None:
     """Every parameter under ``module`` (a submodule of ``model``) made ``model``'s own to write in place."""
     for p in [p for m in module.modules() for p in m._parameters.values() if p is not None]:
@@ -240,5 +251,5 @@ def replace(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(submodule(model, parent), leaf, new)
 
 
-__all__ = ["parameter", "twin", "writable", "own", "reinit_normal", "forget", "scale", "zero", "orthogonal", "eye",
-           "submodule", "replace", "REPAIR_SEED"]
+__all__ = ["parameter", "twin", "writable", "own", "swap_parameter", "reinit_normal", "forget", "scale", "zero",
+           "orthogonal", "eye", "submodule", "replace", "REPAIR_SEED"]

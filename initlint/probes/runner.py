@@ -333,7 +333,10 @@ def _apply_edits(g: torch.fx.Graph, edits: Sequence[Edit]) -> dict[str, torch.fx
                 u.replace_input_with(last, scaled)
             edited[edit.op] = scaled
         elif isinstance(edit, SetArgument):
-            node.kwargs = {**node.kwargs, edit.name: edit.value}
+            if edit.position is not None and edit.position < len(node.args):
+                node.args = (*node.args[:edit.position], edit.value, *node.args[edit.position + 1:])
+            else:
+                node.kwargs = {**node.kwargs, edit.name: edit.value}
     g.lint()
     return edited
 

@@ -73,6 +73,39 @@ def test_checkerboard_fix_keeps_the_output_size():
     assert fixed[0].kernel_size == (4, 4) and fixed(x).shape == model(x).shape
 
 
+class FunctionalUNetUp(nn.Module):
+    """``F.conv_transpose2d`` on a bare parameter, padding and output padding by position, its output concatenated
+    with a skip of the upsampled size: a fix that changed the output size would break the concat."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.w = nn.Parameter(torch.randn(32, 16, 3, 3) * (2 / (32 * 9 / 4)) ** 0.5)
+        self.skip = nn.Conv2d(32, 16, 1)
+        self.out = nn.Conv2d(32, 3, 3, padding=1)
+
+    def forward(self, x):
+        up = torch.nn.functional.conv_transpose2d(x, self.w, None, 2, 1, 1)
+        skip = self.skip(torch.nn.functional.interpolate(x, scale_factor=2.0))
+        return self.out(torch.relu(torch.cat([up, skip], dim=1)))
+
+
+def test_checkerboard_of_a_functional_call_confirmed_and_fixed():
+    import initlint
+
+    model, x = FunctionalUNetUp(), torch.randn(2, 32, 8, 8)
+    f = one(model, x, "IL103")
+    confirmed_and_fixed(f)
+    assert f.probe.measured["phase_variance_ratio"] > 1.5 and f.probe.after_fix["phase_variance_ratio"] < 1.25
+    assert model.w.shape == (32, 16, 3, 3), "the user's weight is left as it was"
+    # the machine form: a 4x4 weight, and the call's output padding (passed by position) 0 in the traced forward
+    report = initlint.lint(model, x, select=["IL103"], probe=True, device="cpu")
+    fixed = initlint.fix(model, report, x)
+    assert fixed.w.shape == (32, 16, 4, 4) and fixed(x).shape == model(x).shape
+    calls = [n for n in fixed.graph.nodes if n.target is torch.nn.functional.conv_transpose2d]
+    assert len(calls) == 1 and calls[0].args[4:6] == (1, [0, 0]), calls[0].args
+
+
 def test_checkerboard_forced_on_kernel_4_not_reproduced():
     f = forced(upsampler(kernel=4, output_padding=0), torch.randn(2, 32, 8, 8), "IL103", "_0",
                {"phase_variance_ratio": 4.0})
