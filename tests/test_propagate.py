@@ -595,14 +595,14 @@ def test_softmax_statistics_equal_a_log_softmax_on_the_same_draws(causal):
     from initlint import softmax
 
     for n_q, n_k in ((1, 8), (16, 16)):
-        z, d, mask = softmax._draws(n_q, n_k, causal)
+        z, d, mask = softmax._draws(n_q, n_k, causal)  # keys first: (n_k, reps, rows)
         for variance in (0.0, 0.09, 3.16, 400.0):
             logits = z * math.sqrt(variance)
             if mask is not None:
                 logits = logits.masked_fill(mask, -math.inf)
-            logp = torch.log_softmax(logits, dim=-1)
+            logp = torch.log_softmax(logits, dim=0)
             p = logp.exp()
-            jac = (d - (p * d).sum(-1, keepdim=True)) * p
+            jac = (d - (p * d).sum(0, keepdim=True)) * p
             live = logp if mask is None else logp[~mask.expand(logp.shape)]
             st = softmax._stats.__wrapped__(n_q, n_k, variance, causal)
             assert st.p2 == pytest.approx(float((p * p).mean()), rel=ROUNDING)
