@@ -1,6 +1,6 @@
 """Lint time against depth, and a model too large to materialize linted from the ``meta`` device.
 
-    .venv/bin/python -m benchmarks.scale [--depths 10,100,1000] [--repeat 3] [--skip depth,meta] [--clock cpu]
+    .venv/bin/python -m benchmarks.scale [--depths 10,100,1000] [--repeat 9] [--skip depth,meta] [--clock cpu]
 
 1. Depth: an MLP (Linear-ReLU blocks) and a Pre-LN transformer (hand-written attention and MLP blocks) of 10,
    100 and 1000 blocks, each stage of the lint timed on its own (capture, propagation, every rule), cold (the
@@ -333,7 +333,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--depths", default="10,100,1000")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per stage below 1000 blocks (medians)")
+    # 9: with medians of 3 the ms-sized 10-block rows swung by a third between runs on this shared machine
+    ap.add_argument("--repeat", type=int, default=9, help="runs per stage below 1000 blocks (medians)")
     ap.add_argument("--budget", type=float, default=60.0,
                     help="seconds: a rule projected to take longer at a depth is not run there (default 60)")
     ap.add_argument("--skip", default="", help="parts to skip: depth,meta")
