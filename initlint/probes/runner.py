@@ -49,7 +49,7 @@ from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatc
 
 from ..capture.fx import CONSTANT
 from ..capture.program import Program
-from ..graph import ModelGraph, Signal
+from ..graph import ModelGraph
 from ..inputs import ExampleInputs
 from ..measure import (
     LOSS_SEED, Recorder, Slot, _moments, device_of, first_tensor, gradient_leaves, loss_targets, prepare_input, quiet,
@@ -485,31 +485,6 @@ class _Recorder(Recorder):
             with _pop_mode_temporarily():
                 return tap.reduce(t.detach())
         return tap.reduce(t.detach())
-
-    def signals(self) -> dict[str, Signal]:
-        """:meth:`Recorder.signals`, the forward and backward statistics read back in one copy: the per-op
-        vectors concatenated as they are and widened to float64 once (the same numbers as widening each, which
-        costs a tensor op per recorded op and direction)."""
-        items = self.fwd + self.bwd
-        if not items or len({t.dtype for _, t, _ in items}) != 1 or len({t.device for _, t, _ in items}) != 1:
-            return super().signals()
-        flat = torch.cat([t for _, t, _ in items]).to(torch.float64).cpu().tolist()
-        fwd: dict[int, tuple[list[float], int]] = {}
-        bwd: dict[int, tuple[list[float], int]] = {}
-        at = 0
-        for k, (idx, t, n) in enumerate(items):
-            size = t.numel()
-            (fwd if k < len(self.fwd) else bwd).setdefault(idx, (flat[at:at + size], n))  # a node's first call
-            at += size
-        out = {}
-        for idx, ((norm, total, lo, hi), n) in fwd.items():
-            back = bwd.get(idx)
-            grad = None if back is None else _moments(*back[0], back[1])
-            out[self.names[idx]] = Signal(_moments(norm, total, n), grad, max(-lo, hi))
-        for name, src in self.aliases.items():  # in topological order, so chains resolve
-            if src in out:
-                out[name] = out[src]
-        return out
 
     def close(self) -> None:
         super().close()
