@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import itertools
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -354,7 +355,8 @@ def hooks_forward(model: nn.Module, graph: ModelGraph, rec: Recorder, *args, **k
 
 
 def device_of(model: nn.Module) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
+    """Where the model's first tensor not on ``meta`` lives (CPU for none), without listing them all."""
+    for t in itertools.chain(model.parameters(), model.buffers()):
         if not t.is_meta:
             return t.device
     return torch.device("cpu")

@@ -598,7 +598,7 @@ def _run(runnable: Runnable, graph: ModelGraph, rec: _Recorder, dev: torch.devic
     else:
         args, kwargs = pytree.tree_map(functools.partial(prepare_input, dev), (args, kwargs))
     inputs = _match_inputs(graph, args, kwargs)
-    if runnable.module is None:
+    if runnable.captured is None:  # hooks (asking for .module would make an fx program's GraphModule)
         target = copy.deepcopy(model).to(dev) if moved else model
         target.train()
         runner = functools.partial(hooks_forward, target, graph, rec)

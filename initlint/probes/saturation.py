@@ -12,7 +12,7 @@ import math
 import torch
 
 from ..findings import Finding
-from ..gains import activation, with_derivative
+from ..gains import activation_with_derivative
 from ..graph import ModelGraph
 from ..ops import Activation, ActivationParams, OpKind
 from . import repairs
@@ -34,11 +34,11 @@ def _peak(p: ActivationParams) -> float:
 
 
 def _reducer(p: ActivationParams):
-    fn, peak = activation(p), _peak(p)
+    peak = _peak(p)
 
     def reduce(x: torch.Tensor) -> torch.Tensor:
         x = x.detach().double().reshape(-1)
-        _, d = with_derivative(fn, x)
+        _, d = activation_with_derivative(p, x)  # closed-form slopes (tanh's to rounding), else autograd
         saturated = d.abs() < SLOPE * peak
         if p.fn is Activation.RELU6:
             saturated &= x > 0  # below 0 it is ReLU's dead half, not saturation
