@@ -47,3 +47,61 @@ def test_a_recurrent_twin_runs_on_its_repaired_matrix():
     expected = torch.tanh(twin.bias_ih_l0 + twin.bias_hh_l0).expand_as(y)
     assert torch.allclose(y, expected)
     assert float(model.weight_hh_l0.abs().sum()) > 0.0
+
+
+class _Custom(nn.Module):
+    """A module with a copy protocol of its own, hooks, a non-persistent buffer, a shared submodule and plain
+    attributes of several kinds."""
+
+    def __init__(self):
+        super().__init__()
+        self.shared = nn.Linear(4, 4)
+        self.a = nn.Sequential(self.shared, nn.ReLU())
+        self.b = self.shared
+        self.register_buffer("scratch", torch.ones(3), persistent=False)
+        self.config = {"depth": 2, "names": ["x", "y"], "nested": {"k": (1, 2.0)}}
+        self.tag = "custom"
+        self.a.register_forward_hook(lambda m, i, o: o)
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+class _OwnCopy(nn.Linear):
+    copied = 0
+
+    def __deepcopy__(self, memo):
+        type(self).copied += 1
+        new = nn.Linear(self.in_features, self.out_features)
+        new.load_state_dict(self.state_dict())
+        memo[id(self)] = new
+        return new
+
+
+def test_twin_copies_modules_as_deepcopy_does():
+    """repairs.twin's copier skips copy.deepcopy's general machinery for plain modules: the copy must be the one
+    deepcopy makes (types, attributes, hooks, tied submodules, buffers), parameters aside (shared until written)."""
+    import copy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(_Custom(), _OwnCopy(4, 4), nn.LSTM(4, 4, batch_first=True))
+    reference, twin = copy.deepcopy(model), repairs.twin(model)
+    assert _OwnCopy.copied == 2  # its own protocol ran for both copies
+    for (n1, m1), (n2, m2) in zip(reference.named_modules(remove_duplicate=False),
+                                  twin.named_modules(remove_duplicate=False)):
+        assert n1 == n2 and type(m1) is type(m2), (n1, n2)
+        plain = {k: v for k, v in vars(m1).items() if not k.startswith("_")}
+        assert plain.keys() == {k for k in vars(m2) if not k.startswith("_")}
+        for k, v in plain.items():
+            if not isinstance(v, (nn.Module, torch.Tensor)):
+                assert getattr(m2, k) == v, (n1, k)
+        assert len(m1._forward_hooks) == len(m2._forward_hooks)
+        assert m1._non_persistent_buffers_set == m2._non_persistent_buffers_set
+    custom, original = twin[0], model[0]
+    assert custom.b is custom.shared and custom.a[0] is custom.shared  # tied submodules stay tied
+    assert custom.shared is not original.shared and custom.config is not original.config
+    assert custom.config == original.config and custom.scratch is not original.scratch
+    assert torch.equal(custom.scratch, original.scratch)
+    assert custom.shared.weight is original.shared.weight  # a parameter no repair wrote is shared
+    x = torch.randn(2, 3, 4)
+    assert torch.equal(twin[:2](x), reference[:2](x))
