@@ -411,15 +411,11 @@ def keep_all(t: torch.Tensor) -> torch.Tensor:
 # -- the pass ----------------------------------------------------------------------------------------------
 
 
-_TABLES = frozenset({"names", "index", "no_backward", "aliases"})  # what Recorder.__init__ reads off the graph
-_FRESH = frozenset({"fwd", "bwd", "handles", "hooked", "fired"})  # what a pass fills
-
-
 class _Recorder(Recorder):
     """The measurement pass's recorder, restricted to the ops asked for, with taps beside the moments."""
 
-    def __init__(self, graph: ModelGraph, needs: Needs | None, cache: dict | None = None):
-        self._base(graph, cache if cache is not None else {})
+    def __init__(self, graph: ModelGraph, needs: Needs | None):
+        super().__init__(graph)
         self.wanted = None if needs is None else {self.index[o] for o in needs.ops if o in self.index}
         self.fwd_taps: dict[int, list[Tap]] = {}
         self.bwd_taps: dict[int, list[Tap]] = {}
@@ -431,24 +427,6 @@ class _Recorder(Recorder):
         self.slots: list[Slot] = []  # the instrumented modules' slots pointing here, let go by close()
         self.stop_after: int | None = None  # a forward-only pass ends once this many taps are read
         self.emulated: LowPrecisionProducts | None = None  # the pass's dispatch mode, left out of the reductions
-
-    def _base(self, graph: ModelGraph, cache: dict) -> None:
-        """:meth:`Recorder.__init__`, its tables of the graph (names, index, ops without a backward, aliases)
-        made once per graph and program (``cache``) and shared by the program's passes, which only read them;
-        every other attribute fresh. Where Recorder comes to set attributes this does not know, its own
-        ``__init__`` every time."""
-        key = ("probe-recorder", id(graph))
-        kept = cache.get(key)
-        if kept is None or kept[0] is not graph:
-            super().__init__(graph)
-            tables = {k: v for k, v in vars(self).items() if k in _TABLES}
-            cache[key] = (graph, tables if set(vars(self)) == _TABLES | _FRESH else None)
-            return
-        if kept[1] is None:
-            super().__init__(graph)
-            return
-        self.__dict__.update(kept[1])
-        self.fwd, self.bwd, self.handles, self.hooked, self.fired = [], [], [], set(), set()
 
     @property
     def instrumented(self) -> set[int] | None:
@@ -556,7 +534,7 @@ def run_pass(runnable: Runnable, needs: Needs | None, device: torch.device, seed
                 continue
         return dataclasses.replace(evidence, taps=taps)
     graph = runnable.graph
-    rec = _Recorder(graph, needs, runnable.program.cache if runnable.program is not None else runnable.cache)
+    rec = _Recorder(graph, needs)
     if needs is not None and needs.empty:
         return Evidence()
     # forward taps only (the autocast pass, or extra passes that read values): no backward, and the forward
