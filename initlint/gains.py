@@ -233,8 +233,23 @@ def interpolate(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor, spaced: boo
 # -- activations -------------------------------------------------------------------------------------------
 
 
+def _negative_slope(p: ActivationParams) -> float:
+    """The leaky family's slope below zero (nn.LeakyReLU's default 0.01)."""
+    return 0.01 if p.negative_slope is None else p.negative_slope
+
+
+def _lo(p: ActivationParams) -> float:
+    """Hardtanh's lower bound (default -1)."""
+    return -1.0 if p.min_val is None else p.min_val
+
+
+def _hi(p: ActivationParams) -> float:
+    """Hardtanh's upper bound (default 1)."""
+    return 1.0 if p.max_val is None else p.max_val
+
+
 def _leaky(p: ActivationParams) -> Fn:
-    slope = 0.01 if p.negative_slope is None else p.negative_slope
+    slope = _negative_slope(p)
     return lambda x: F.leaky_relu(x, slope)
 
 
@@ -255,8 +270,7 @@ _ACTIVATIONS: dict[Activation, Callable[[ActivationParams], Fn]] = {
     Activation.SOFTPLUS: lambda p: (lambda x: F.softplus(x, p.beta or 1.0, p.threshold or 20.0)),
     Activation.TANH: lambda p: torch.tanh,
     Activation.SIGMOID: lambda p: torch.sigmoid,
-    Activation.HARDTANH: lambda p: (lambda x: F.hardtanh(x, -1.0 if p.min_val is None else p.min_val,
-                                                         1.0 if p.max_val is None else p.max_val)),
+    Activation.HARDTANH: lambda p: (lambda x: F.hardtanh(x, _lo(p), _hi(p))),
     Activation.HARDSIGMOID: lambda p: F.hardsigmoid,
     Activation.HARDSWISH: lambda p: F.hardswish,
     Activation.SOFTSIGN: lambda p: F.softsign,
@@ -276,8 +290,7 @@ def activation(params: ActivationParams) -> Fn:
 _SLOPES: dict[Activation, Callable[[ActivationParams, torch.Tensor, torch.Tensor], torch.Tensor]] = {
     Activation.RELU: lambda p, x, y: x.gt(0).to(x.dtype),
     Activation.RELU6: lambda p, x, y: x.gt(0).logical_and_(x.lt(6)).to(x.dtype),  # hardtanh_backward's mask
-    Activation.HARDTANH: lambda p, x, y: ((x > (-1.0 if p.min_val is None else p.min_val))
-                                          & (x < (1.0 if p.max_val is None else p.max_val))).to(x.dtype),
+    Activation.HARDTANH: lambda p, x, y: ((x > _lo(p)) & (x < _hi(p))).to(x.dtype),
     Activation.TANH: lambda p, x, y: 1 - y * y,
     Activation.SIGMOID: lambda p, x, y: (1 - y) * y,
     Activation.IDENTITY: lambda p, x, y: torch.ones_like(x),
@@ -287,8 +300,8 @@ _SLOPES: dict[Activation, Callable[[ActivationParams, torch.Tensor, torch.Tensor
 # searches keep the slopes above, which their tests compare with autograd's bit for bit.
 _ROUNDED_SLOPES: dict[Activation, Callable[[ActivationParams, torch.Tensor, torch.Tensor], torch.Tensor]] = {
     **_SLOPES,
-    Activation.LEAKY_RELU: lambda p, x, y: _leaky_slope(x, 0.01 if p.negative_slope is None else p.negative_slope),
-    Activation.PRELU: lambda p, x, y: _leaky_slope(x, 0.01 if p.negative_slope is None else p.negative_slope),
+    Activation.LEAKY_RELU: lambda p, x, y: _leaky_slope(x, _negative_slope(p)),
+    Activation.PRELU: lambda p, x, y: _leaky_slope(x, _negative_slope(p)),
     Activation.RRELU: lambda p, x, y: _leaky_slope(x, _RRELU_SLOPE),
     Activation.GELU: lambda p, x, y: _gelu_slope(x, p.approximate or "none"),
     Activation.SILU: lambda p, x, y: _silu_slope(x),
@@ -366,19 +379,11 @@ _PIECES: dict[Activation, Callable[[ActivationParams], tuple[float, float, float
     Activation.RELU: lambda p: (0.0, math.inf, 0.0, 0.0, 0.0),
     Activation.RELU6: lambda p: (0.0, 6.0, 0.0, 0.0, 6.0),
     Activation.HARDTANH: lambda p: (_lo(p), _hi(p), 0.0, _lo(p), _hi(p)),
-    Activation.LEAKY_RELU: lambda p: (0.0, math.inf, 0.01 if p.negative_slope is None else p.negative_slope, 0.0, 0.0),
-    Activation.PRELU: lambda p: (0.0, math.inf, 0.01 if p.negative_slope is None else p.negative_slope, 0.0, 0.0),
+    Activation.LEAKY_RELU: lambda p: (0.0, math.inf, _negative_slope(p), 0.0, 0.0),
+    Activation.PRELU: lambda p: (0.0, math.inf, _negative_slope(p), 0.0, 0.0),
     Activation.RRELU: lambda p: (0.0, math.inf, _RRELU_SLOPE, 0.0, 0.0),
     Activation.IDENTITY: lambda p: (-math.inf, math.inf, 0.0, 0.0, 0.0),
 }
-
-
-def _lo(p: ActivationParams) -> float:
-    return -1.0 if p.min_val is None else p.min_val
-
-
-def _hi(p: ActivationParams) -> float:
-    return 1.0 if p.max_val is None else p.max_val
 
 
 def _piecewise_gain(params: ActivationParams, x: Moments) -> Gain | None:
