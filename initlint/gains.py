@@ -544,15 +544,20 @@ def _lattice_moments(s: float, sigmoid: bool, n: int) -> list[float]:
     return [a1, b1, 1.0 - a1, 1.0 - b1, a3, b3]
 
 
-def gate_gains(variance: float) -> tuple[Gain, Gain]:
-    """The gains of a sigmoid and of a tanh of one ``x ~ N(0, variance)``, as :func:`activation_gain` gives
-    them to rounding: both from ``tanh``, ``sigmoid(x) = (1 + tanh(x/2)) / 2`` with slope
-    ``(1 - tanh(x/2)^2) / 4``, on a lattice as coarse as the spread allows (:func:`tanh_moments`). Recurrent
-    cells take them at every step of the sequence, one step after another, where a torch call's fixed cost is
-    what counts."""
+def gate_moments(variance: float) -> tuple[float, float, float, float, float, float]:
+    """``E[y^2]``, ``E[y'^2]`` and ``E[y']`` of a sigmoid of one ``x ~ N(0, variance)`` (its mean is 1/2), then
+    the same of a tanh of it (its mean is 0), as :func:`activation_gain` gives them to rounding: both from
+    ``tanh``, ``sigmoid(x) = (1 + tanh(x/2)) / 2`` with slope ``(1 - tanh(x/2)^2) / 4``, on a lattice as coarse
+    as the spread allows (:func:`tanh_moments`). Recurrent cells take them at every step of the sequence, one
+    step after another, where a torch call's fixed cost (or a record's) is what counts."""
     e = tanh_moments(variance, True)  # rows: sigmoid's half scale, tanh
-    return (Gain(Moments(0.25 * (1.0 + e[0]), 0.5), e[4] / 16.0, e[2] / 4.0),
-            Gain(Moments(e[1], 0.0), e[5], e[3]))
+    return 0.25 * (1.0 + e[0]), e[4] / 16.0, e[2] / 4.0, e[1], e[5], e[3]
+
+
+def gate_gains(variance: float) -> tuple[Gain, Gain]:
+    """:func:`gate_moments` as the gains of a sigmoid and of a tanh."""
+    s2, s_back, s_slope, t2, t_back, t_slope = gate_moments(variance)
+    return Gain(Moments(s2, 0.5), s_back, s_slope), Gain(Moments(t2, 0.0), t_back, t_slope)
 
 
 def tanh_gain(variance: float) -> Gain:
@@ -563,4 +568,4 @@ def tanh_gain(variance: float) -> Gain:
 
 __all__ = ["Rule", "Gain", "gaussian", "unread_gaussian", "gamma", "uniform", "bernoulli", "point", "mixture", "max_of",
            "matched", "compress", "compressed_gaussian", "interpolate", "activation", "activation_gain", "gate_gains",
-           "tanh_gain", "tanh_moments", "activation_with_derivative", "with_derivative"]
+           "gate_moments", "tanh_gain", "tanh_moments", "activation_with_derivative", "with_derivative"]

@@ -3,8 +3,7 @@
 Each step sees the input's contribution ``input_size * E[W_ih^2] * q`` plus the previous state scaled by the
 recurrent gain: ``rho^2`` for RNNs, with ``rho`` the spectral radius of ``W_hh`` (it is what sets growth over
 many steps), else ``hidden * E[W_hh^2]``. Gates are sigmoids of a Gaussian of the pre-activation variance,
-so their moments come from :func:`initlint.gains.gate_gains` (an LSTM step reads them off
-:func:`~initlint.gains.tanh_moments` itself). Backward runs the same recursion in
+so their moments come from :func:`initlint.gains.gate_moments`. Backward runs the same recursion in
 reverse through time. Biases are taken to be drawn like ``W_hh`` (PyTorch's default init); the statistics of
 ``W_ih`` of layers above the first are taken to be those of the first.
 
@@ -19,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .estimate import Ctx, Est, Factor, Step
-from .gains import activation_gain, gate_gains, tanh_gain, tanh_moments
+from .gains import activation_gain, gate_gains, gate_moments, tanh_gain, tanh_moments
 from .graph import Moments
 from .ops import Activation, ActivationParams, Op, RecurrentMode, RecurrentParams
 
@@ -30,16 +29,10 @@ _RELU = ActivationParams(Activation.RELU)
 
 def _g(params: ActivationParams, variance: float):
     if params.fn is Activation.SIGMOID:
-        return _gates(variance)[0]
+        return gate_gains(max(variance, 0.0))[0]
     if params.fn is Activation.TANH:
         return tanh_gain(max(variance, 0.0))
     return activation_gain(params, Moments(max(variance, 0.0)))
-
-
-def _gates(variance: float):
-    """A sigmoid gate's and a tanh's gains at one pre-activation variance, on one grid
-    (:func:`~initlint.gains.gate_gains`: one loop over a lattice for both, where each step waits for the last)."""
-    return gate_gains(max(variance, 0.0))
 
 
 def _layer_forward(mode: RecurrentMode, x_in: float, x_unit: float, bias: float, rec: float, steps: int):
@@ -57,11 +50,8 @@ def _layer_forward(mode: RecurrentMode, x_in: float, x_unit: float, bias: float,
             trace.append((pre, g.backward))
             s_h, u_h = g.forward.second, g.slope**2 * steady
         elif mode is RecurrentMode.LSTM:  # c' = f c + i g, h = o tanh(c), gates alike in distribution
-            # gate_gains and tanh_gain's numbers, read off their moments without the records: a step's own
-            # arithmetic is what it costs here
-            e = tanh_moments(max(pre, 0.0), True)
-            sg2, sg_back = 0.25 * (1.0 + e[0]), e[4] / 16.0  # the sigmoid's; its mean is 1/2
-            th2, th_back, th_slope = e[1], e[5], e[3]
+            # the gates' numbers without Gain records: a step's own arithmetic is what it costs here
+            sg2, sg_back, _, th2, th_back, th_slope = gate_moments(max(pre, 0.0))  # the sigmoid's mean is 1/2
             u_g = th_slope**2 * steady
             c_prev = c
             c = sg2 * (c + th2) + 2 * 0.5**2 * a * u_g
