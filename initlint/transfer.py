@@ -39,7 +39,9 @@ from .ops import NormKind, Op, OpKind, PoolKind, RandomDist, Reduction
 
 def empirical(t: torch.Tensor | None) -> Rule | None:
     """The distribution of a tensor's values, as NODES equally weighted quantiles: the ``(k + 1/2) n / NODES``-th
-    smallest of its ``n`` values, ``k < NODES`` (all of them when ``n <= NODES``)."""
+    smallest of its ``n`` values, ``k < NODES`` (all of them when ``n <= NODES``). That index is computed in
+    integers, ``floor((2k + 1) n / (2 NODES))``: what float64 arithmetic gives too (the quotient is an integer
+    or at least ``1/(2 NODES)`` away from one)."""
     if t is None or t.is_meta or t.numel() == 0 or t.is_complex():
         return None
     flat = t.detach().reshape(-1).to("cpu")
@@ -53,8 +55,6 @@ def empirical(t: torch.Tensor | None) -> Rule | None:
     return Rule(values, torch.full(values.shape, 1.0 / values.numel(), dtype=DTYPE))
 
 
-# The k-th quantile's index floor((k + 1/2) n / NODES) in integers, floor((2k + 1) n / (2 NODES)): what float64
-# arithmetic gives too (the quotient is an integer or at least 1/(2 NODES) away from one).
 _INTEGERS = frozenset({torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8})
 _BITS = {torch.float64: (torch.int64, 63, 0x7FFFFFFFFFFFFFFF), torch.float32: (torch.int32, 31, 0x7FFFFFFF)}
 _BY_NUMPY = _INTEGERS | {torch.float64, torch.float32}
