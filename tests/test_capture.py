@@ -234,7 +234,8 @@ def test_shape_pass_records_every_node_as_shape_prop_does():
 
 
 @pytest.mark.parametrize("tensor", [
-    torch.ones(64), torch.zeros(5), -torch.zeros(3), torch.full((7,), 3.0), torch.full((9,), -2.0), torch.full((4,), 0.1),
+    torch.ones(64), torch.zeros(5), -torch.zeros(3), torch.full((7,), 3.0), torch.full((9,), -2.0),
+    torch.full((4,), 0.1),
     torch.full((6,), 2.0**60), torch.ones(3).half(), torch.ones(10, dtype=torch.float64), torch.randn(4, 3),
     torch.randn(3, 4).t(), torch.ones(1, 5).expand(4, 5), torch.arange(6), torch.full((3,), float("inf")),
 ])

@@ -22,7 +22,8 @@ def test_a_twin_shares_untouched_parameters_and_writes_only_its_own():
         assert torch.equal(v, before[k]), k
     assert twin[0].weight is not model[0].weight and isinstance(twin[0].weight, nn.Parameter)
     assert twin[0].weight.requires_grad
-    assert torch.equal(twin[2].weight[4:], model[2].weight[4:]) and torch.equal(twin[2].weight[:4], 2 * model[2].weight[:4])
+    assert torch.equal(twin[2].weight[4:], model[2].weight[4:])
+    assert torch.equal(twin[2].weight[:4], 2 * model[2].weight[:4])
     assert float(twin[2].bias.abs().sum()) == 0.0
 
 
