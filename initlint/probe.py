@@ -135,7 +135,7 @@ def _enough_batch(graph: ModelGraph, runnable: Runnable, needs: Needs, probes: S
     dimension is not the batch."""
     if not probes or not all(p.passes_only for p in probes) or runnable.capture is Capture.EXPORT:
         return None
-    names = set(needs.ops) | {t.op for t in needs.taps}
+    names = set(needs.read) | {t.op for t in needs.taps}
     inputs = [op for op in graph.of_kind(OpKind.INPUT) if op.shape]
     tensors = [t for t in pytree.tree_leaves((tuple(runnable.inputs.args), dict(runnable.inputs.kwargs)))
                if isinstance(t, torch.Tensor)]

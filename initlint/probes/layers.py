@@ -59,7 +59,7 @@ def _generator(seed: int) -> torch.Generator:
 def depthwise_needs(graph: ModelGraph, finding: Finding) -> Needs:
     op = finding_op(graph, finding)
     norms = normalized_after(graph, op)
-    return Needs.of(ops=[op.name, *op.inputs[:1], *(n.name for n in norms[:1])])
+    return Needs.of(forward_ops=[op.name, *op.inputs[:1], *(n.name for n in norms[:1])])
 
 
 def depthwise_measure(ctx: Context, finding: Finding) -> Measurement:

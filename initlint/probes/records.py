@@ -62,22 +62,38 @@ class Tap:
 @dataclass(frozen=True)
 class Needs:
     """What one finding's probe reads from the shared pass: second moments of ``ops`` (forward and backward),
-    ``taps``, and gradient norms of the parameters in ``params`` (qualified names)."""
+    ``taps``, gradient norms of the parameters in ``params`` (qualified names), and forward second moments
+    alone of ``forward_ops``. A pass whose needs read no gradient (no ``ops``, ``params`` or backward taps) runs
+    no backward, and its forward stops at the last op it reads."""
 
     ops: frozenset[str] = frozenset()
     taps: tuple[Tap, ...] = ()
     params: frozenset[str] = frozenset()
+    forward_ops: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, ops: Iterable[str] = (), taps: Iterable[Tap] = (), params: Iterable[str] = ()) -> "Needs":
-        return cls(frozenset(o for o in ops if o), tuple(taps), frozenset(params))
+    def of(cls, ops: Iterable[str] = (), taps: Iterable[Tap] = (), params: Iterable[str] = (),
+           forward_ops: Iterable[str] = ()) -> "Needs":
+        return cls(frozenset(o for o in ops if o), tuple(taps), frozenset(params),
+                   frozenset(o for o in forward_ops if o))
 
     def __or__(self, other: "Needs") -> "Needs":
-        return Needs(self.ops | other.ops, self.taps + other.taps, self.params | other.params)
+        return Needs(self.ops | other.ops, self.taps + other.taps, self.params | other.params,
+                     self.forward_ops | other.forward_ops)
+
+    @property
+    def read(self) -> frozenset[str]:
+        """The ops whose second moments are read, forward and backward or forward alone."""
+        return self.ops | self.forward_ops
+
+    @property
+    def gradients(self) -> bool:
+        """Whether anything read needs the backward pass."""
+        return bool(self.ops or self.params or any(t.backward for t in self.taps))
 
     @property
     def empty(self) -> bool:
-        return not (self.ops or self.taps or self.params)
+        return not (self.ops or self.taps or self.params or self.forward_ops)
 
 
 NOTHING = Needs()

@@ -416,7 +416,7 @@ class _Recorder(Recorder):
 
     def __init__(self, graph: ModelGraph, needs: Needs | None):
         super().__init__(graph)
-        self.wanted = None if needs is None else {self.index[o] for o in needs.ops if o in self.index}
+        self.wanted = None if needs is None else {self.index[o] for o in needs.read if o in self.index}
         self.fwd_taps: dict[int, list[Tap]] = {}
         self.bwd_taps: dict[int, list[Tap]] = {}
         for tap in needs.taps if needs is not None else ():
@@ -425,7 +425,7 @@ class _Recorder(Recorder):
         self.values: dict[tuple[str, str], Any] = {}
         self.seen: set[int] = set()
         self.slots: list[Slot] = []  # the instrumented modules' slots pointing here, let go by close()
-        self.stop_after: int | None = None  # a forward-only pass ends once this many taps are read
+        self.pending: set[int] | None = None  # a forward-only pass ends once it has read these ops
         self.emulated: LowPrecisionProducts | None = None  # the pass's dispatch mode, left out of the reductions
 
     @property
@@ -448,8 +448,10 @@ class _Recorder(Recorder):
         for tap in self.fwd_taps.get(idx, ()):
             if (tap.op, tap.key) not in self.values:  # several findings may ask for the same reduction
                 self.values[(tap.op, tap.key)] = self._reduce(tap, t)
-        if self.stop_after is not None and len(self.values) >= self.stop_after:
-            raise _Enough
+        if self.pending is not None:
+            self.pending.discard(idx)
+            if not self.pending:
+                raise _Enough
         if t.requires_grad and idx in self.bwd_taps:
             self.hooked.add(-1 - idx)
             handle = t.register_hook(functools.partial(self._grad_taps, idx))
@@ -505,14 +507,15 @@ class LowPrecisionProducts(TorchDispatchMode):
 
 
 class _Enough(BaseException):
-    """Raised by a forward-only pass's recorder once every tap is read: the rest of the forward is not run. A
-    BaseException, so that a model's own ``except Exception`` does not take it for a failure of its code."""
+    """Raised by a forward-only pass's recorder once it has read every op it reads: the rest of the forward is not
+    run. A BaseException, so that a model's own ``except Exception`` does not take it for a failure of its code."""
 
 
 def run_pass(runnable: Runnable, needs: Needs | None, device: torch.device, seed: int = 0,
              autocast: torch.dtype | None = None) -> Evidence:
     """One forward and backward pass of ``runnable`` recording ``needs`` (every op when ``needs`` is None); a
-    forward pass only, as far as the last op it taps, when ``needs`` holds forward taps only.
+    forward pass only, as far as the last op it reads, when nothing in ``needs`` reads a gradient (forward taps and
+    ``forward_ops`` only).
 
     With ``autocast`` (float16 or bfloat16), a forward pass only, under ``torch.autocast`` in that dtype, and only
     as far as the last op it taps. On the CPU its matrix products and convolutions are computed as
@@ -523,7 +526,7 @@ def run_pass(runnable: Runnable, needs: Needs | None, device: torch.device, seed
     evidence's taps beside the others'; none where that pass fails)."""
     if autocast is None and needs is not None and any(t.autocast is not None for t in needs.taps):
         cast = [t for t in needs.taps if t.autocast is not None]
-        plain = Needs(needs.ops, tuple(t for t in needs.taps if t.autocast is None), needs.params)
+        plain = dataclasses.replace(needs, taps=tuple(t for t in needs.taps if t.autocast is None))
         evidence = run_pass(runnable, plain, device, seed)
         taps = dict(evidence.taps)
         for dtype in dict.fromkeys(t.autocast for t in cast):
@@ -537,18 +540,17 @@ def run_pass(runnable: Runnable, needs: Needs | None, device: torch.device, seed
     rec = _Recorder(graph, needs)
     if needs is not None and needs.empty:
         return Evidence()
-    # forward taps only (the autocast pass, or extra passes that read values): no backward, and the forward
-    # stops at the last op tapped
-    forward_only = autocast is not None or (needs is not None and not needs.ops and not needs.params
-                                            and not rec.bwd_taps)
+    # no gradient read (the autocast pass, extra passes that read values, probes that read forward moments): no
+    # backward, and the forward stops at the last op read
+    forward_only = autocast is not None or (needs is not None and not needs.gradients)
     grad = torch.no_grad() if forward_only else torch.enable_grad()
     cast = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
     emulate = LowPrecisionProducts(autocast) if autocast is not None and device.type == "cpu" \
         else contextlib.nullcontext()
     if isinstance(emulate, LowPrecisionProducts):
         rec.emulated = emulate
-    if forward_only and needs is not None and not needs.ops and not rec.bwd_taps:
-        rec.stop_after = len({(t.op, t.key) for t in needs.taps if t.op in rec.index})
+    if forward_only and needs is not None:
+        rec.pending = set(rec.wanted) | set(rec.fwd_taps)
     with preserved(runnable.model), grad, cast, emulate, quiet():
         seed_device(device, seed)
         try:

@@ -51,7 +51,7 @@ def saturation_needs(graph: ModelGraph, finding: Finding) -> Needs:
     op = finding_op(graph, finding)
     if not isinstance(op.params, ActivationParams) or not op.inputs:
         raise Unrepairable(f"`{op.name}` is not an activation")
-    return Needs.of(ops=[op.inputs[0]], taps=[Tap(op.inputs[0], "slopes", _reducer(op.params))])
+    return Needs.of(forward_ops=[op.inputs[0]], taps=[Tap(op.inputs[0], "slopes", _reducer(op.params))])
 
 
 def saturation_measure(ctx: Context, finding: Finding) -> Measurement:

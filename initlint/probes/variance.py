@@ -53,7 +53,7 @@ _LAYERS = (OpKind.LINEAR, OpKind.CONV)
 
 def off_scale_needs(graph: ModelGraph, finding: Finding) -> Needs:
     op = finding_op(graph, finding)
-    return Needs.of(ops=[op.name, *op.inputs[:1]])
+    return Needs.of(forward_ops=[op.name, *op.inputs[:1]])
 
 
 def off_scale_measure(ctx: Context, finding: Finding) -> Measurement:
@@ -96,7 +96,7 @@ def residual_chain(graph: ModelGraph, first: Op) -> list:
 
 def residual_needs(graph: ModelGraph, finding: Finding) -> Needs:
     chain = residual_chain(graph, finding_op(graph, finding))
-    return Needs.of(ops=[chain[0].skip.name, stream_end(graph, chain[-1].add).name])
+    return Needs.of(forward_ops=[chain[0].skip.name, stream_end(graph, chain[-1].add).name])
 
 
 def residual_measure(ctx: Context, finding: Finding) -> Measurement:
@@ -172,7 +172,7 @@ def branch_sum(graph: ModelGraph, op: Op) -> tuple[Op, list[Op], Op]:
 
 def branch_sum_needs(graph: ModelGraph, finding: Finding) -> Needs:
     fork, branches, out = branch_sum(graph, finding_op(graph, finding))
-    return Needs.of(ops=[fork.name, out.name, *(b.name for b in branches)])
+    return Needs.of(forward_ops=[fork.name, out.name, *(b.name for b in branches)])
 
 
 def branch_sum_measure(ctx: Context, finding: Finding) -> Measurement:
@@ -225,8 +225,8 @@ def _slices(op: Op):
 def concat_needs(graph: ModelGraph, finding: Finding) -> Needs:
     op = finding_op(graph, finding)
     if _width_finding(finding):
-        return Needs.of(ops=[op.name, *op.inputs[:1]])
-    return Needs.of(ops=[p.name for p in _parts(graph, op)], taps=[Tap(op.name, "slices", _slices(op))])
+        return Needs.of(forward_ops=[op.name, *op.inputs[:1]])
+    return Needs.of(forward_ops=[p.name for p in _parts(graph, op)], taps=[Tap(op.name, "slices", _slices(op))])
 
 
 def concat_measure(ctx: Context, finding: Finding) -> Measurement:
