@@ -1,5 +1,5 @@
 """The probe runner's economies keep its numbers: autocast products computed in float32 and rounded, range
-statistics read from float16 bits, forward-only passes that stop at their last tap, one instrumented module per
+statistics read from float16 bits, forward-only passes that stop at their last read op, one instrumented module per
 runnable, an exported program unlifted once."""
 
 from __future__ import annotations
@@ -87,6 +87,32 @@ def test_autocast_pass_stops_after_its_last_tap_and_reads_it(force):
     ev = run_pass(Runnable.of(program, graph), Needs.of(taps=[tap]), CPU, autocast=torch.float16)
     assert seen == [torch.float16] and (first, "range") in ev.taps
     assert model.calls == 0  # the stop is not an Exception the model's code handles
+
+
+@pytest.mark.parametrize("force", [None, "hooks"])
+def test_forward_moments_alone_run_no_backward_and_stop_at_the_last_op_read(force):
+    """``forward_ops`` read the same forward moments as ``ops`` (bit for bit: the same ops on the same seeded
+    inputs), with no backward, and the layer after the last op read never runs."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 16), nn.Linear(16, 4))
+    graph, program = capture_program(from_instance(model, torch.randn(8, 16)), force=force)
+    a, b = (next(op.name for op in graph if op.module == m) for m in ("0", "2"))
+    calls = []
+    handle = model[3].register_forward_hook(lambda *_: calls.append(1))
+    try:
+        run = Runnable.of(program, graph)
+        full = run_pass(run, Needs.of(ops=[a, b]), CPU)
+        assert len(calls) == 1
+        alone = run_pass(run, Needs.of(forward_ops=[a, b]), CPU)
+        assert len(calls) == 1  # stopped after `2`
+        mixed = run_pass(run, Needs.of(ops=[a], forward_ops=[b]), CPU)  # one gradient read: a full pass
+        assert len(calls) == 2
+    finally:
+        handle.remove()
+    for op in (a, b):
+        assert alone.signals[op].forward == full.signals[op].forward
+        assert full.signals[op].backward is not None and alone.signals[op].backward is None
+    assert mixed.signals[a].backward == full.signals[a].backward
 
 
 def test_program_runnable_and_its_instrumentation_are_built_once():
