@@ -10,9 +10,10 @@
    repaired copy) on the defective side of the fast benchmark pairs, where there are findings to probe, and on
    five defective models of a working size, each against one bare forward + backward of the model (training
    mode, a random-projection loss, ``torch.autograd.grad`` over inputs and parameters, as the measurement does)
-   on the whole example input. Target for the probes: <= 3x. Beside each probe ratio, in the same run: a stage made of
-   nothing but what verifying a fix takes at the example's size (copy the model, one bare step on it and one on
-   the copy). The probe stage can run below it only by cutting the inputs or skipping the weights' gradients.
+   on the whole example input. Target for the probes: <= 3x. Beside each probe ratio, in the same run: a stage
+   made of nothing but what verifying a fix takes at the example's size (copy the model, one bare step on it and
+   one on the copy). The probe stage runs below it only where it cuts the inputs, skips the weights' gradients
+   or runs no backward (no finding reads a gradient).
 3. CLI start-up: ``initlint`` linting a one-block, 8-wide model end to end, and ``initlint --version``, against
    ``python -c "import torch"``, each a fresh process. Target: <= 1.3x.
 
@@ -50,8 +51,8 @@ class Ratio:
     ours: float  # seconds, median
     base: float  # seconds, median
     detail: str = ""
-    # probes: a stage that verifies a fix made of nothing but its repaired copy (``repairs.twin``) and two bare
-    # steps, one on the model and one on the copy, as a ratio to one step
+    # probes only: the repaired copy (``repairs.twin``) and two bare steps, one on the model and one on the copy,
+    # as a ratio to one step: what verifying a fix takes at the example's size, nothing measured
     two_steps: float | None = None
 
     @property

@@ -2,8 +2,9 @@
 
 A :class:`Probe` is three small functions: ``needs`` says what the shared forward and backward pass must
 record for a finding (ask for ``forward_ops`` rather than ``ops`` where only forward second moments are read:
-a pass that reads no gradient runs no backward and stops at its last read), ``measure`` turns the :class:`~initlint.probes.records.Context` into a
-:class:`~initlint.probes.records.Measurement` (numbers and a verdict), and ``repair`` applies the fix to a deep
+a pass that reads no gradient runs no backward and stops at its last read), ``measure`` turns the
+:class:`~initlint.probes.records.Context` into a :class:`~initlint.probes.records.Measurement` (numbers and a
+verdict), and ``repair`` applies the fix to a deep
 copy of the model, returning the structural edits (an inserted scale) the runner must make in the captured
 graph. ``PROBES`` is the table for the built-in rules, keyed by code; a third-party rule can carry its own
 probe in ``Rule.probe``, and the table wins for built-in codes.
